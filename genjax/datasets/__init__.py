@@ -1,0 +1,3 @@
+"""Bundled and synthetic data sets (being written)."""
+
+__all__: list[str] = []

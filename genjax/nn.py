@@ -1,0 +1,3 @@
+"""Flax building blocks (being written)."""
+
+__all__: list[str] = []
