@@ -21,7 +21,6 @@ continues with exactly the keys and batches the uninterrupted run would have use
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import math
 import time
@@ -33,9 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from ._checkpoint import CheckpointManager
+from ._feed import DATA_AXIS, Feeder, HostSource, first_replica, num_examples, place, split_indices
 from ._types import Array, Params, PRNGKeyArray
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "make_chunk_runner",
     "split_indices",
     "fit",
+    "DATA_AXIS",
 ]
 
 LossFn = Callable[[Params, Any, PRNGKeyArray, Array], tuple[Array, dict]]
@@ -146,60 +149,6 @@ class FitResult(NamedTuple):
     best_params: Params
 
 
-class HostSource:
-    """Training data that lives on the host and is fetched in chunks of rows (e.g. a scipy CSR matrix).
-
-    Arguments:
-        n: number of examples.
-        fetch: ``fetch(rows) -> pytree`` of numpy arrays with leading axis ``len(rows)``; ``rows`` is an int64
-            numpy array of example indices (unsorted, in training order). For CSR counts this is typically
-            ``lambda rows: {"x": X[rows].toarray()}``, densifying only the rows of one dispatch.
-    """
-
-    def __init__(self, n: int, fetch: Callable[[np.ndarray], Any]):
-        if int(n) < 1:
-            raise ValueError(f"HostSource needs at least one example, got n={n}")
-        self.n = int(n)
-        self.fetch = fetch
-
-    def subset(self, rows: np.ndarray) -> HostSource:
-        """The source restricted to ``rows`` (in that order)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return HostSource(len(rows), lambda r: self.fetch(rows[r]))
-
-
-def _num_examples(data) -> int:
-    if isinstance(data, HostSource):
-        return data.n
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("training data is an empty pytree")
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
-        shapes = jax.tree.map(np.shape, data)
-        raise ValueError(f"all data arrays need the same leading (examples) axis; got shapes {shapes}")
-    return sizes.pop()
-
-
-def split_indices(n: int, train_size: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random train / validation split of ``range(n)``.
-
-    Arguments:
-        n: number of examples.
-        train_size: fraction in (0, 1] used for training (scvi-tools default 0.9). With ``1.0`` the validation
-            part is empty.
-        seed: integer seed.
-
-    Returns:
-        ``(train_idx, val_idx)``: sorted int64 arrays partitioning ``range(n)``.
-    """
-    if not 0.0 < train_size <= 1.0:
-        raise ValueError(f"train_size must be in (0, 1], got {train_size}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = n if train_size == 1.0 else max(1, min(n - 1, int(round(train_size * n))))
-    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
-
-
 def init_train_state(params: Params, optimizer: optax.GradientTransformation, key: PRNGKeyArray,
                      *, ema: bool = False) -> TrainState:
     """A fresh :class:`TrainState` (step 0; EMA initialised to ``params`` when ``ema``)."""
@@ -245,17 +194,29 @@ def _take(payload, idx):
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), payload)
 
 
-def make_chunk_runner(step) -> Callable:
-    """Jitted ``run(state, payload, idx) -> (state, metrics)`` scanning ``step`` over ``idx.shape[0]`` batches.
+def make_chunk_runner(step, *, mesh: Mesh | None = None, payload_sharded: bool = False) -> Callable:
+    """Compiled ``run(state, payload, idx) -> (state, metrics)`` scanning ``step`` over ``idx.shape[0]`` batches.
 
     ``payload`` is a pytree of arrays with a leading examples axis; batch ``i`` is ``payload[idx[i]]``, so
     ``idx`` is int32 of shape ``(steps, batch_size)``. ``metrics`` has a leading ``steps`` axis.
+
+    With a ``mesh`` (1-D, axis :data:`DATA_AXIS`) the scan runs data parallel under ``jax.shard_map`` (what
+    ``jax.pmap`` itself lowers to since JAX 0.8): ``step`` must have been made with
+    ``axis_name=DATA_AXIS``; ``state`` is replicated, ``idx`` is sharded along its batch axis (each device
+    gathers its own shard of every batch) and ``payload`` is replicated (device-resident data) or, with
+    ``payload_sharded``, sharded along its examples axis (per-device host chunks).
     """
 
     def run(state, payload, idx):
         return jax.lax.scan(lambda st, ix: step(st, _take(payload, ix)), state, idx)
 
-    return jax.jit(run)
+    if mesh is None:
+        return jax.jit(run)
+    specs = (P(), P(DATA_AXIS) if payload_sharded else P(), P(None, DATA_AXIS))
+    # check_vma=False gives pmap semantics: each device differentiates w.r.t. its own copy of the replicated
+    # parameters and the step averages those gradients with lax.pmean (with varying-manual-axes checking on,
+    # JAX would already psum gradients of replicated inputs and the pmean would double count).
+    return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=(P(), P()), check_vma=False))
 
 
 def _make_evaluator(eval_fn: EvalFn) -> Callable:
@@ -279,73 +240,30 @@ def _make_evaluator(eval_fn: EvalFn) -> Callable:
     return jax.jit(evaluate)
 
 
-class _Chunks:
-    """Iterates the dispatches of one epoch: ``(payload, idx)`` with ``idx`` of shape ``(steps, batch)``."""
-
-    def __init__(self, data, batch_size: int, steps_per_dispatch: int, data_key):
-        self.data = data
-        self.host = isinstance(data, HostSource)
-        self.n = _num_examples(data)
-        self.batch_size = batch_size
-        self.k = steps_per_dispatch
-        self.data_key = data_key
-        self.steps_per_epoch = self.n // batch_size
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if self.host else None
-        if not self.host:
-            self.payload = jax.tree.map(jnp.asarray, data)
-
-    def order(self, epoch: int) -> np.ndarray:
-        perm = jax.random.permutation(jax.random.fold_in(self.data_key, epoch), self.n)
-        return np.asarray(perm[: self.steps_per_epoch * self.batch_size]).reshape(
-            self.steps_per_epoch, self.batch_size)
-
-    def plan(self, epoch: int, start_step: int, stop_step: int) -> list[tuple[int, int]]:
-        """Step ranges ``[a, b)`` of the dispatches of ``epoch`` between two within-epoch positions."""
-        return [(a, min(a + self.k, stop_step)) for a in range(start_step, stop_step, self.k)]
-
-    def _host_payload(self, rows: np.ndarray):
-        batch = self.data.fetch(rows.reshape(-1).astype(np.int64))
-        return jax.device_put(jax.tree.map(np.asarray, batch))
-
-    def iterate(self, epoch: int, ranges: list[tuple[int, int]]):
-        order = self.order(epoch)
-        if not self.host:
-            for a, b in ranges:
-                yield (a, b), self.payload, jnp.asarray(order[a:b], jnp.int32)
-            return
-        # host data: fetch (and densify) the next dispatch's rows in a background thread
-        futures = [self._pool.submit(self._host_payload, order[a:b]) for a, b in ranges[:1]]
-        for i, (a, b) in enumerate(ranges):
-            if i + 1 < len(ranges):
-                na, nb = ranges[i + 1]
-                futures.append(self._pool.submit(self._host_payload, order[na:nb]))
-            payload = futures[i].result()
-            idx = jnp.arange((b - a) * self.batch_size, dtype=jnp.int32).reshape(b - a, self.batch_size)
-            yield (a, b), payload, idx
-
-    def eval_batches(self):
-        """(payload, idx) pairs covering every example once: full batches, then the remainder."""
-        n, bs = self.n, self.batch_size
-        full = n // bs
-        rows = np.arange(n)
-        parts = []
-        if full:
-            parts.append(rows[: full * bs].reshape(full, bs))
-        if n % bs:
-            parts.append(rows[full * bs:].reshape(1, -1))
-        for part in parts:
-            if self.host:
-                yield self._host_payload(part), jnp.arange(part.size, dtype=jnp.int32).reshape(part.shape)
-            else:
-                yield self.payload, jnp.asarray(part, jnp.int32)
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
-
 def _means(sums: dict, count: float, prefix: str = "") -> dict:
     return {prefix + k: float(v) / count for k, v in sums.items()}
+
+
+def _resolve_mesh(devices) -> Mesh | None:
+    """``None`` -> single device; otherwise a 1-D mesh (axis :data:`DATA_AXIS`) over the requested devices.
+
+    ``devices`` may be ``"all"`` (every device of every process: multi-host data parallelism after
+    ``jax.distributed.initialize``), an int (the first ``n`` local devices) or a sequence of devices.
+    """
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        if devices != "all":
+            raise ValueError(f"devices must be None, 'all', an int or a list of devices; got {devices!r}")
+        devices = jax.devices()
+    elif isinstance(devices, int):
+        available = jax.local_devices()
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices={devices} but this process has {len(available)} local devices "
+                             f"({available}); on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                             "before importing jax")
+        devices = available[:devices]
+    return Mesh(np.array(list(devices)), (DATA_AXIS,))
 
 
 def fit(
@@ -360,6 +278,7 @@ def fit(
     seed: int = 0,
     checkpoint_dir=None,
     resume: bool = False,
+    devices=None,
     description: str = "train",
     **config_overrides,
 ) -> FitResult:
@@ -367,8 +286,9 @@ def fit(
 
     Arguments:
         loss_fn: ``loss_fn(params, batch, key, step) -> (loss, aux)``; ``batch`` has the structure of ``data``
-            with leading axis ``batch_size``; ``step`` is the int32 optimizer step (for warm-up schedules);
-            ``aux`` maps names to scalars, averaged per epoch into the history.
+            with leading axis ``batch_size`` (the per-device shard in data-parallel runs); ``step`` is the int32
+            optimizer step (for warm-up schedules); ``aux`` maps names to scalars, averaged per epoch into the
+            history. The loss should be a mean over the batch so that data-parallel averaging is exact.
         params: initial parameters (pytree).
         data: a pytree of arrays with a common leading examples axis (moved to the device once; batches are
             gathered inside the jitted scan), or a :class:`HostSource` (rows fetched on the host per dispatch).
@@ -382,40 +302,51 @@ def fit(
         resume: continue from the newest readable checkpoint in ``checkpoint_dir`` (if there is one). The run
             then continues exactly as the uninterrupted run would have (same keys, same batches). Resuming with
             a different ``batch_size``, ``steps_per_dispatch`` or ``seed`` raises ``ValueError``.
+        devices: ``None`` (one device), an int ``n`` (data parallel over the first ``n`` local devices), a list
+            of devices, or ``"all"`` (every device of every process, after ``jax.distributed.initialize``). Data
+            parallel runs ``pmap`` the same step: the state is replicated, each global batch is split into equal
+            contiguous shards (device ``d`` of ``D`` gets rows ``d*B/D ... (d+1)*B/D - 1`` of every batch), the
+            per-device key is ``fold_in(step_key, device_index)`` and gradients are averaged with ``lax.pmean``.
         description: label of the progress bar.
 
     Returns:
-        :class:`FitResult` ``(state, history, best_params)``.
+        :class:`FitResult` ``(state, history, best_params)`` (single-device arrays).
 
     Raises:
-        ValueError: inconsistent data shapes, bad config values, ``resume`` without ``checkpoint_dir``, or a
-            checkpoint written with incompatible settings.
+        ValueError: inconsistent data shapes, bad config values, ``resume`` without ``checkpoint_dir``, a global
+            batch that does not divide by the device count, or a checkpoint written with incompatible settings.
     """
     config = dataclasses.replace(config or TrainConfig(), **config_overrides)
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
 
-    n_train = _num_examples(data)
+    n_train = num_examples(data)
     batch_size = config.batch_size
     if batch_size > n_train:
         warnings.warn(f"batch_size {batch_size} > {n_train} training examples; using {n_train}", stacklevel=2)
         batch_size = n_train
     if val_data is not None:
-        _num_examples(val_data)
+        num_examples(val_data)
+    mesh = _resolve_mesh(devices)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    if batch_size % n_dev:
+        raise ValueError(f"the global batch_size {batch_size} does not divide by the {n_dev} devices of the "
+                         f"data-parallel run; use a multiple of {n_dev}")
 
     root = jax.random.key(seed)
     state_key, data_key, eval_key = jax.random.split(root, 3)
-    train = _Chunks(data, batch_size, config.steps_per_dispatch, data_key)
-    val = _Chunks(val_data, min(batch_size, _num_examples(val_data)), 1, data_key) if val_data is not None \
-        else None
+    train = Feeder(data, batch_size, config.steps_per_dispatch, data_key, mesh=mesh)
+    val = (Feeder(val_data, min(batch_size, num_examples(val_data)), 1, data_key)
+           if val_data is not None else None)
     spe = train.steps_per_epoch
     total_steps = config.max_steps if config.max_steps is not None else config.max_epochs * spe
     n_epochs = math.ceil(total_steps / spe)
 
     state = init_train_state(params, optimizer, state_key, ema=config.ema_decay is not None)
-    step_fn = make_train_step(loss_fn, optimizer, ema_decay=config.ema_decay)
-    run_chunk = make_chunk_runner(step_fn)
+    step_fn = make_train_step(loss_fn, optimizer, ema_decay=config.ema_decay,
+                              axis_name=None if mesh is None else DATA_AXIS)
+    run_chunk = make_chunk_runner(step_fn, mesh=mesh, payload_sharded=train.host)
     if eval_fn is None:
         eval_fn = lambda p, b, k: loss_fn(p, b, k, jnp.asarray(2**30, jnp.int32))  # noqa: E731
     evaluate = _make_evaluator(eval_fn) if val is not None else None
@@ -451,40 +382,47 @@ def fit(
                     bt = TrainState.from_tree(best_restored[0])
                     best_params = bt.params if bt.ema_params is None else bt.ema_params
 
+    step_now = int(state.step)  # host mirror of state.step: no device sync per dispatch
+    placed = state if mesh is None else place(state, NamedSharding(mesh, P()))
+    host_state = (lambda: placed) if mesh is None else (lambda: first_replica(placed))
+    to_host_metrics = (lambda m: m) if mesh is None else first_replica
+
     def checkpoint(is_best=False):
         meta = {"epoch": epoch, "pos": pos, "history": history, "best": best, "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs, "settings": settings, "elapsed": elapsed0 + time.perf_counter() - t0,
                 "sums": {k_: np.asarray(v_).tolist() for k_, v_ in sums.items()}}
-        manager.save(int(state.step), state.to_tree(), meta, best=is_best)
+        manager.save(step_now, host_state().to_tree(), meta, best=is_best)
 
     t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=int(state.step), desc=description, disable=not config.progress,
+    bar = tqdm(total=total_steps, initial=step_now, desc=description, disable=not config.progress,
                unit="step", dynamic_ncols=True, leave=False)
     stop = False
     try:
-        while epoch < n_epochs and not stop and int(state.step) < total_steps:
+        while epoch < n_epochs and not stop and step_now < total_steps:
             stop_pos = min(spe, total_steps - epoch * spe)
             pending = None
-            for (a, b), payload, idx in train.iterate(epoch, train.plan(epoch, pos, stop_pos)):
-                state, metrics = run_chunk(state, payload, idx)
-                chunk_sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+            for (a, b), payload, idx in train.iterate(epoch, train.plan(pos, stop_pos)):
+                placed, metrics = run_chunk(placed, payload, idx)
+                chunk_sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), to_host_metrics(metrics))
                 sums = chunk_sums if not sums else jax.tree.map(jnp.add, sums, chunk_sums)
                 if pending is not None:  # report the previous dispatch while this one runs
                     bar.update(pending[0])
                     bar.set_postfix(loss=f"{float(pending[1]):.4g}", epoch=epoch, refresh=False)
                 pending = (b - a, chunk_sums["loss"] / (b - a))
-                pos = b
+                pos, step_now = b, step_now + (b - a)
                 if (manager is not None and config.checkpoint_every_steps
-                        and b < stop_pos and int(state.step) % config.checkpoint_every_steps < (b - a)):
+                        and b < stop_pos and step_now % config.checkpoint_every_steps < (b - a)):
                     checkpoint()
             if pending is not None:
                 bar.update(pending[0])
-            record = {"epoch": epoch, "step": int(state.step), **_means(sums, pos)}
+            record = {"epoch": epoch, "step": step_now, **_means(sums, pos)}
             sums, pos = {}, 0
-            last = epoch + 1 >= n_epochs or int(state.step) >= total_steps
+            last = epoch + 1 >= n_epochs or step_now >= total_steps
             is_best = False
+            current = None
             if val is not None and ((epoch + 1) % config.eval_every == 0 or last):
-                eval_params = state.params if state.ema_params is None else state.ema_params
+                current = host_state()
+                eval_params = current.params if current.ema_params is None else current.ema_params
                 vsums, count = None, 0
                 for vpayload, vidx in val.eval_batches():
                     s = evaluate(eval_params, vpayload, vidx, jax.random.fold_in(eval_key, epoch))
@@ -496,7 +434,8 @@ def fit(
             if "val_loss" in record or val is None:
                 if monitored < best - config.min_delta:
                     best, best_epoch, bad_epochs, is_best = monitored, epoch, 0, True
-                    best_params = state.params if state.ema_params is None else state.ema_params
+                    current = current or host_state()
+                    best_params = current.params if current.ema_params is None else current.ema_params
                 else:
                     bad_epochs += 1
                     stop = config.early_stopping and bad_epochs >= config.patience
@@ -512,4 +451,4 @@ def fit(
         train.close()
         if manager is not None:
             manager.close()
-    return FitResult(state, history, best_params)
+    return FitResult(host_state(), history, best_params)

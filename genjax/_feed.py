@@ -1,0 +1,228 @@
+"""Feeding minibatches to the jitted training scan: data order, host sources, device placement, sharding.
+
+A training dispatch runs ``steps`` optimizer steps inside one ``lax.scan``. Its inputs are a *payload* (a pytree
+of arrays with a leading examples axis) and an index array ``idx`` of shape ``(steps, batch)``: batch ``i`` is
+``payload[idx[i]]``. Where the payload comes from:
+
+* device-resident data (a pytree of arrays): the whole data set is moved to the device(s) once and ``idx`` holds
+  the example indices, so no data crosses from the host per step;
+* a :class:`HostSource` (scipy CSR, backed ``.h5ad``, anything row-addressable): the rows of one dispatch are
+  fetched (densified) on the host in a background thread while the previous dispatch runs, and ``idx`` is a
+  plain ``arange``.
+
+For data-parallel training the global batch is split into equal contiguous shards, one per device (in global
+device order); each process feeds only the shards of its local devices (per-process data sharding).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = ["HostSource", "split_indices"]
+
+DATA_AXIS = "data"
+"""Name of the mesh axis of data-parallel training (``lax.pmean`` / ``lax.axis_index`` inside losses)."""
+
+
+class HostSource:
+    """Training data that lives on the host and is fetched in chunks of rows (e.g. a scipy CSR matrix).
+
+    Arguments:
+        n: number of examples.
+        fetch: ``fetch(rows) -> pytree`` of numpy arrays with leading axis ``len(rows)``; ``rows`` is an int64
+            numpy array of example indices (unsorted, in training order). For CSR counts this is typically
+            ``lambda rows: {"x": X[rows].toarray()}``, densifying only the rows of one dispatch.
+    """
+
+    def __init__(self, n: int, fetch: Callable[[np.ndarray], Any]):
+        if int(n) < 1:
+            raise ValueError(f"HostSource needs at least one example, got n={n}")
+        self.n = int(n)
+        self.fetch = fetch
+
+    def subset(self, rows: np.ndarray) -> HostSource:
+        """The source restricted to ``rows`` (in that order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return HostSource(len(rows), lambda r: self.fetch(rows[r]))
+
+
+def num_examples(data) -> int:
+    """Number of examples of a :class:`HostSource` or of a pytree of arrays with a common leading axis."""
+    if isinstance(data, HostSource):
+        return data.n
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError("training data is an empty pytree")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        shapes = jax.tree.map(np.shape, data)
+        raise ValueError(f"all data arrays need the same leading (examples) axis; got shapes {shapes}")
+    return sizes.pop()
+
+
+def split_indices(n: int, train_size: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random train / validation split of ``range(n)``.
+
+    Arguments:
+        n: number of examples.
+        train_size: fraction in (0, 1] used for training (scvi-tools default 0.9). With ``1.0`` the validation
+            part is empty.
+        seed: integer seed.
+
+    Returns:
+        ``(train_idx, val_idx)``: sorted int64 arrays partitioning ``range(n)``.
+    """
+    if not 0.0 < train_size <= 1.0:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = n if train_size == 1.0 else max(1, min(n - 1, int(round(train_size * n))))
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+class Feeder:
+    """Epoch order and device inputs of the training dispatches.
+
+    Arguments:
+        data: pytree of arrays or :class:`HostSource`.
+        batch_size: global batch size.
+        steps_per_dispatch: steps per jitted scan.
+        data_key: PRNG key of the data order; epoch ``e`` uses ``permutation(fold_in(data_key, e), n)``.
+        mesh: ``None`` for single-device feeding (default device); otherwise a 1-D ``jax.sharding.Mesh`` over
+            the devices (of all processes) of a data-parallel run. Each global batch is then split into equal
+            contiguous shards in mesh order, and each process builds only the shards of its own devices.
+    """
+
+    def __init__(self, data, batch_size: int, steps_per_dispatch: int, data_key, *, mesh=None):
+        self.data = data
+        self.host = isinstance(data, HostSource)
+        self.n = num_examples(data)
+        self.batch_size = batch_size
+        self.k = steps_per_dispatch
+        self.data_key = data_key
+        self.steps_per_epoch = self.n // batch_size
+        self.mesh = mesh
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1) if self.host else None
+        self._payload = None
+        self._eval_payload = None
+        if not self.host:
+            self._payload = (jax.tree.map(jnp.asarray, data) if mesh is None
+                             else place(data, NamedSharding(mesh, P())))
+
+    # --- order -----------------------------------------------------------------------------------------
+    def order(self, epoch: int) -> np.ndarray:
+        """Example indices of the steps of ``epoch``: int array ``(steps_per_epoch, batch_size)``."""
+        perm = jax.random.permutation(jax.random.fold_in(self.data_key, epoch), self.n)
+        return np.asarray(perm[: self.steps_per_epoch * self.batch_size]).reshape(
+            self.steps_per_epoch, self.batch_size)
+
+    def plan(self, start_step: int, stop_step: int) -> list[tuple[int, int]]:
+        """Step ranges ``[a, b)`` of the dispatches between two positions within an epoch."""
+        return [(a, min(a + self.k, stop_step)) for a in range(start_step, stop_step, self.k)]
+
+    # --- device inputs ---------------------------------------------------------------------------------
+    def _inputs(self, rows: np.ndarray):
+        rows = rows.astype(np.int32)
+        if self.mesh is None:
+            if not self.host:
+                return self._payload, jnp.asarray(rows)
+            payload = jax.device_put(jax.tree.map(np.asarray, self.data.fetch(rows.reshape(-1))))
+            return payload, jnp.arange(rows.size, dtype=jnp.int32).reshape(rows.shape)
+        idx_sharding = NamedSharding(self.mesh, P(None, DATA_AXIS))
+        if not self.host:
+            return self._payload, jax.make_array_from_callback(rows.shape, idx_sharding, lambda i: rows[i])
+        # host data: every local device fetches the rows of its own shard (per-process data sharding)
+        steps, batch = rows.shape
+        n_shards = self.mesh.devices.size
+        local_b = batch // n_shards
+        devices = list(self.mesh.devices.flat)
+        local = [(d, dev) for d, dev in enumerate(devices) if dev.process_index == jax.process_index()]
+        blocks = {d: jax.tree.map(np.asarray, self.data.fetch(rows[:, d * local_b:(d + 1) * local_b].reshape(-1)))
+                  for d, _ in local}
+        first = blocks[local[0][0]]
+        payload_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+
+        def assemble(*leaves_per_device):
+            shape = (n_shards * leaves_per_device[0].shape[0], *leaves_per_device[0].shape[1:])
+            arrays = [jax.device_put(leaf, dev) for leaf, (_, dev) in zip(leaves_per_device, local, strict=True)]
+            return jax.make_array_from_single_device_arrays(shape, payload_sharding, arrays)
+
+        payload = jax.tree.map(assemble, first, *[blocks[d] for d, _ in local[1:]])
+        local_idx = np.arange(steps * local_b, dtype=np.int32).reshape(steps, local_b)
+        idx = np.tile(local_idx, (1, n_shards))
+        return payload, jax.make_array_from_callback(idx.shape, idx_sharding, lambda i: idx[i])
+
+    def iterate(self, epoch: int, ranges: list[tuple[int, int]]):
+        """Yield ``((a, b), payload, idx)`` for the dispatches of ``epoch`` covering ``ranges``."""
+        order = self.order(epoch)
+        if not self.host:
+            for a, b in ranges:
+                yield (a, b), *self._inputs(order[a:b])
+            return
+        # host data: fetch (densify) the next dispatch's rows in a background thread while this one runs
+        futures = [self._pool.submit(self._inputs, order[a:b]) for a, b in ranges[:1]]
+        for i, (a, b) in enumerate(ranges):
+            if i + 1 < len(ranges):
+                na, nb = ranges[i + 1]
+                futures.append(self._pool.submit(self._inputs, order[na:nb]))
+            yield (a, b), *futures[i].result()
+
+    def eval_batches(self):
+        """Single-device ``(payload, idx)`` pairs covering every example once: full batches, then the rest."""
+        n, bs = self.n, self.batch_size
+        full = n // bs
+        rows = np.arange(n)
+        parts = []
+        if full:
+            parts.append(rows[: full * bs].reshape(full, bs))
+        if n % bs:
+            parts.append(rows[full * bs:].reshape(1, -1))
+        if not self.host and self._eval_payload is None:
+            self._eval_payload = self._payload if self.mesh is None else jax.tree.map(jnp.asarray, self.data)
+        for part in parts:
+            if self.host:
+                yield (jax.device_put(jax.tree.map(np.asarray, self.data.fetch(part.reshape(-1)))),
+                       jnp.arange(part.size, dtype=jnp.int32).reshape(part.shape))
+            else:
+                yield self._eval_payload, jnp.asarray(part, jnp.int32)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+def place(tree, sharding):
+    """Put a host pytree on ``sharding`` (works across processes; typed PRNG keys kept typed).
+
+    Every process passes the full value of replicated leaves; used for replicated state and data.
+    """
+
+    def put(x):
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+    return jax.tree.map(put, tree)
+
+
+def first_replica(tree):
+    """Single-device copy of a replicated pytree (the local replica; works across processes)."""
+
+    def get(x):
+        if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+            return x
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=impl)
+        return jnp.asarray(np.asarray(x.addressable_data(0)))
+
+    return jax.tree.map(get, tree)
