@@ -139,7 +139,7 @@ def _invalid(x, *param_conditions):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _nb_parts(x, mu, theta, log_x_over_mu, log_theta=None):
+def _nb_parts(x, mu, theta, log_x_over_mu):
     """log NB(x | mu, theta) for valid inputs, plus the intermediates the gradients reuse.
 
     ``log_x_over_mu(xm, r1)`` must return ``log(xm * r1 / mu)`` where ``r1 = (theta + mu) / (theta + x)``; it is
@@ -159,11 +159,7 @@ def _nb_parts(x, mu, theta, log_x_over_mu, log_theta=None):
     v2 = theta * (xm - mu) / (2.0 * xm * mu + theta * (xm + mu))
     bd2 = bd0_from_delta(xm, -d1, v2, log_x_over_mu(xm, r1))
     lp_pos = (
-        stirlerr(tpx)
-        - stirlerr(theta, log_theta)
-        - stirlerr_count(xm)
-        - 0.5 * jnp.log(_TWO_PI * xm * tpx / theta)
-        - bd2
+        stirlerr(tpx) - stirlerr(theta) - stirlerr_count(xm) - 0.5 * jnp.log(_TWO_PI * xm * tpx / theta) - bd2
     )
     lp = -bd1 + jnp.where(x0, -d1, lp_pos)
     return lp, (x0, tpm, v1, log_r1)
@@ -229,7 +225,7 @@ def _log_x_over_mu_log(log_mu):
 @jax.custom_jvp
 def _nb_lp_log(x, log_mu, log_theta):
     mu, theta = jnp.exp(log_mu), jnp.exp(log_theta)
-    lp, _ = _nb_parts(x, mu, theta, _log_x_over_mu_log(log_mu), log_theta)
+    lp, _ = _nb_parts(x, mu, theta, _log_x_over_mu_log(log_mu))
     return lp
 
 
@@ -237,7 +233,7 @@ def _nb_lp_log_jvp(primals, tangents):
     x, log_mu, log_theta = primals
     _, dlog_mu, dlog_theta = tangents
     mu, theta = jnp.exp(log_mu), jnp.exp(log_theta)
-    lp, parts = _nb_parts(x, mu, theta, _log_x_over_mu_log(log_mu), log_theta)
+    lp, parts = _nb_parts(x, mu, theta, _log_x_over_mu_log(log_mu))
     g_log_mu, g_theta = _nb_grad_parts(x, mu, theta, parts)
     dlp = jnp.zeros_like(lp)
     if not _is_zero(dlog_mu):
