@@ -8,6 +8,7 @@ here by name; the private modules hold one concept each.
 from . import datasets, nn
 from ._checkpoint import *  # noqa: F403
 from ._data import *  # noqa: F403
+from ._distributed import *  # noqa: F403
 from ._distributions import *  # noqa: F403
 from ._likelihoods import *  # noqa: F403
 from ._sampling import *  # noqa: F403

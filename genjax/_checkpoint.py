@@ -55,6 +55,11 @@ class CheckpointManager:
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = dict(enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        if jax.process_count() > 1:
+            # multi-process runs: each process reads on its own; only process 0 saves (state is replicated)
+            me = jax.process_index()
+            opts["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"genjax-p{me}")
         self._latest = ocp.CheckpointManager(
             self.directory / "latest",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts),
@@ -71,7 +76,12 @@ class CheckpointManager:
         return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
     def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
-        """Save ``state`` and ``meta`` as checkpoint ``step`` of ``latest/`` (and of ``best/`` if ``best``)."""
+        """Save ``state`` and ``meta`` as checkpoint ``step`` of ``latest/`` (and of ``best/`` if ``best``).
+
+        In a multi-process run only process 0 writes; the call is a no-op elsewhere.
+        """
+        if jax.process_index() != 0:
+            return
         targets = [self._latest, self._best] if best else [self._latest]
         for manager in targets:
             if int(step) in manager.all_steps():  # re-running a step after resuming from an older checkpoint

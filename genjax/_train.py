@@ -103,7 +103,8 @@ class TrainConfig:
         patience, min_delta: early-stopping settings (scvi-tools defaults: 45 epochs, 0.0).
         ema_decay: if set, keep an exponential moving average of the parameters with this decay.
         eval_every: validate every this many epochs (the last epoch is always validated).
-        checkpoint_every: with a checkpoint directory, save every this many epochs (and at the end).
+        checkpoint_every: with a checkpoint directory, save every this many epochs (and at the end); a saved
+            epoch whose monitored loss is the best so far also becomes the ``best/`` checkpoint.
         checkpoint_every_steps: additionally save every this many steps (at dispatch boundaries), mid-epoch.
         keep: periodic checkpoints to keep (the best one is kept separately).
         progress: show a tqdm progress bar with the running loss.
@@ -396,7 +397,7 @@ def fit(
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step_now, desc=description, disable=not config.progress,
                unit="step", dynamic_ncols=True, leave=False)
-    stop = False
+    stop, best_unsaved = False, False
     try:
         while epoch < n_epochs and not stop and step_now < total_steps:
             stop_pos = min(spe, total_steps - epoch * spe)
@@ -444,8 +445,12 @@ def fit(
             bar.set_postfix({k_: f"{v_:.4g}" for k_, v_ in record.items() if k_ in ("loss", "val_loss")}
                             | {"epoch": epoch}, refresh=True)
             epoch += 1
-            if manager is not None and ((epoch % config.checkpoint_every == 0) or last or stop or is_best):
-                checkpoint(is_best)
+            if is_best:
+                best_unsaved = True
+            if manager is not None and ((epoch % config.checkpoint_every == 0) or last or stop):
+                # the best checkpoint is the best among saved epochs (no extra saves on every improvement)
+                checkpoint(best_unsaved and is_best)
+                best_unsaved = False
     finally:
         bar.close()
         train.close()

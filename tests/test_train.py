@@ -66,7 +66,7 @@ def test_scan_chunk_equals_single_steps():
     s_chunk, m_chunk = run(state, data, idx)
     s_loop, losses = state, []
     for i in range(4):
-        s_loop, m = step(s_loop, jax.tree.map(lambda a: a[idx[i]], data))
+        s_loop, m = step(s_loop, jax.tree.map(lambda a, ix=idx[i]: a[ix], data))
         losses.append(m["loss"])
     for a, b in zip(jax.tree.leaves(s_chunk), jax.tree.leaves(s_loop), strict=True):
         if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
