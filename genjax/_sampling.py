@@ -8,8 +8,10 @@
 * :func:`log_likelihood`: exact log-density through the probability-flow ODE, with a Hutchinson trace estimator
   (Rademacher noise fixed for the whole solve) or the exact divergence.
 
-Design. Each point is solved as its own ODE/SDE with its own PRNG key, and the per-point solve is ``jax.vmap``'d
-over the batch: a sample depends only on its key (not on the batch it was drawn with), adaptive solvers control
+Design. Each point is solved as its own ODE/SDE with its own PRNG key ``jax.random.split(key, n)[i]`` (prior draw
+and Brownian path), and the per-point solve is ``jax.vmap``'d over the batch: a sample depends only on its key
+(the first rows of a draw of ``n`` points are those of a draw of ``m > n`` points with the same key, except for
+the predictor-corrector sampler, whose step size averages over the batch), adaptive solvers control
 the error of every point separately, and the score network still sees a ``(n, d)`` batch (``vmap`` of
 ``score_fn(x[None], t[None])``). Under ``vmap`` an adaptive solve runs until its slowest point has finished, so
 the number of (batched) score evaluations reported, ``nfe``, is that of the slowest point.
@@ -109,12 +111,11 @@ def _evals_per_step(solver) -> tuple[int, int]:
     raise ValueError(f"cannot count score evaluations of solver {type(solver).__name__}; use a diffrax Runge-Kutta or SRK solver")
 
 
-def _nfe(stats, solver, adaptive_ode_start: bool) -> Array:
-    """Batched score evaluations of a vmapped solve: those of its slowest point."""
+def _nfe(stats, solver) -> Array:
+    """Batched score evaluations of a vmapped solve: those of its slowest point (``dt0`` is always given, so no
+    evaluations are spent choosing the first step)."""
     per_step, start = _evals_per_step(solver)
     steps = stats["num_steps"]  # accepted + rejected
-    # PIDController without dt0 picks the first step from two evaluations (Hairer's algorithm).
-    start = start + (2 if adaptive_ode_start else 0)
     return (per_step * jnp.max(steps) + start).astype(jnp.int32)
 
 
@@ -195,16 +196,15 @@ def _reverse_terms(score_fn, sde: AbstractSDE, cond, brownian) -> diffrax.MultiT
 def _reverse_sde_impl(key, score_fn, sde, cond, n_steps, *, shape, solver, adaptive, rtol, atol, t_min, denoise,
                       max_steps, brownian, brownian_tol, pc):
     n, d = shape
-    key_prior, key_paths = jax.random.split(key)
-    x1 = sde.prior_sample(key_prior, shape)
-    keys = jax.random.split(key_paths, n)
+    keys = jax.random.split(key, n)
     s1 = 1.0 - t_min
     # The grid size is a runtime value (``max_steps`` bounds it), so changing n_steps does not recompile.
     dt0 = s1 / n_steps.astype(jnp.float32)
     levy = _levy_area(solver)
 
-    def solve_one(y1, k, c):
-        key_bm, key_pc = jax.random.split(k)
+    def solve_one(k, c):
+        key_prior, key_bm, key_pc = jax.random.split(k, 3)
+        y1 = sde.prior_sample(key_prior, (d,))
         if brownian == "virtual":
             bm = diffrax.VirtualBrownianTree(0.0, s1, tol=brownian_tol, shape=(d,), key=key_bm, levy_area=levy)
         else:
@@ -224,8 +224,8 @@ def _reverse_sde_impl(key, score_fn, sde, cond, n_steps, *, shape, solver, adapt
         )
         return sol.ys[-1], sol.stats
 
-    x, stats = jax.vmap(solve_one, axis_name=_BATCH_AXIS)(x1, keys, cond)
-    nfe = _nfe(stats, solver if pc is None else _PredictorCorrector(None, *pc), adaptive_ode_start=False)
+    x, stats = jax.vmap(solve_one, axis_name=_BATCH_AXIS)(keys, cond)
+    nfe = _nfe(stats, solver if pc is None else _PredictorCorrector(None, *pc))
     if denoise:
         x = _denoise(score_fn, sde, x, t_min, cond)
         nfe = nfe + 1
@@ -414,24 +414,27 @@ def _pf_term(score_fn, sde: AbstractSDE, cond) -> diffrax.ODETerm:
 
 @eqx.filter_jit
 def _pf_ode_impl(key, score_fn, sde, cond, n_steps, ts, *, shape, solver, rtol, atol, t_min, denoise, max_steps):
-    x1 = sde.prior_sample(key, shape)
+    n, d = shape
+    keys = jax.random.split(key, n)
     mode = "grid" if ts is not None else "fixed" if n_steps is not None else "adaptive"
 
-    def solve_one(y1, c):
+    def solve_one(k, c):
+        y1 = sde.prior_sample(k, (d,))
         if mode == "grid":
             controller, dt0 = diffrax.StepTo(ts=ts), None
         elif mode == "fixed":
             controller, dt0 = diffrax.ConstantStepSize(), -(1.0 - t_min) / n_steps.astype(jnp.float32)
         else:
-            controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), None
+            # An explicit first step (as diffrax picks for wrapped terms anyway) keeps the evaluation count exact.
+            controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), -0.01
         sol = diffrax.diffeqsolve(
             _pf_term(score_fn, sde, c), solver, 1.0, t_min, dt0, y1, stepsize_controller=controller,
             max_steps=max_steps, saveat=diffrax.SaveAt(t1=True), adjoint=diffrax.ForwardMode(),
         )
         return sol.ys[-1], sol.stats
 
-    x, stats = jax.vmap(solve_one)(x1, cond)
-    nfe = _nfe(stats, solver, adaptive_ode_start=mode == "adaptive")
+    x, stats = jax.vmap(solve_one)(keys, cond)
+    nfe = _nfe(stats, solver)
     if denoise:
         x = _denoise(score_fn, sde, x, t_min, cond)
         nfe = nfe + 1

@@ -118,8 +118,10 @@ class LinearSchedule(Schedule):
     def inverse_integral(self, b):
         b = jnp.asarray(b)
         d = self.beta_max - self.beta_min
-        # Root of d/2 t^2 + beta_min t - b = 0, written without cancellation: 2b / (beta_min + sqrt(...)).
-        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
+        # Root of d/2 t^2 + beta_min t - b = 0, written without cancellation: 2b / (beta_min + sqrt(...));
+        # b = 0 (with beta_min = 0 the denominator vanishes too) is t = 0.
+        den = self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b)
+        return jnp.where(den > 0, 2.0 * b / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 class CosineSchedule(Schedule):
