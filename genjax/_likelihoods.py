@@ -33,6 +33,7 @@ input is invalid (negative, non-integer or NaN counts, ``mu < 0``, ``theta <= 0`
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from ._likelihood_sampling import log_gamma_variates, poisson_variates
 from ._special import (
     bd0_from_delta,
     delta_digamma_log,
@@ -273,6 +275,13 @@ def nb_log_prob(x: ArrayLike, mu: ArrayLike, theta: ArrayLike, *, validate_args:
             ``theta <= 0`` or non-finite parameters, naming the argument, the value and its index.
     """
     _validate(validate_args, "nb_log_prob", x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"))
+    return _nb_kernel(x, mu, theta)
+
+
+# The kernels are jitted so that eager calls run one fused computation (and compile once per shape) instead of
+# dispatching ~100 primitives; inside a caller's jit they are inlined.
+@jax.jit
+def _nb_kernel(x, mu, theta):
     x, mu, theta = _as_float(_float_dtype(x, mu, theta), x, mu, theta)
     lp = _nb_lp(x, mu, theta)
     bad = _invalid(x, (mu >= 0) & (mu < jnp.inf), (theta > 0) & (theta < jnp.inf))
@@ -308,6 +317,11 @@ def nb_log_prob_log(
         log_mu=(log_mu, "log_mean"),
         log_theta=(log_theta, "real"),
     )
+    return _nb_log_kernel(x, log_mu, log_theta)
+
+
+@jax.jit
+def _nb_log_kernel(x, log_mu, log_theta):
     x, log_mu, log_theta = _as_float(_float_dtype(x, log_mu, log_theta), x, log_mu, log_theta)
     lp = _nb_lp_log(x, log_mu, log_theta)
     bad = _invalid(x, ~jnp.isnan(log_mu) & (log_mu < jnp.inf), jnp.isfinite(log_theta))
@@ -317,10 +331,48 @@ def nb_log_prob_log(
 def _zero_inflate(x, nb_lp, zi_logits):
     """log ZINB from log NB: ``log(pi + (1 - pi) NB(0))`` at 0, ``log(1 - pi) + log NB(x)`` elsewhere.
 
-    With ``pi = sigmoid(z)``: ``log(1 - pi) = -softplus(z)`` and ``log(pi + (1 - pi) p0) = logaddexp(z, log p0)
-    - softplus(z)``.
+    ``pi = sigmoid(z)``, ``log(1 - pi) = -softplus(z)``; the zero-count term is :func:`_log_zero_prob`.
     """
-    return jnp.where(x == 0, jnp.logaddexp(zi_logits, nb_lp), nb_lp) - jax.nn.softplus(zi_logits)
+    return jnp.where(x == 0, _log_zero_prob(zi_logits, nb_lp), nb_lp - jax.nn.softplus(zi_logits))
+
+
+def _log_pi_keep(z):
+    """``(log sigmoid(z), log sigmoid(-z))`` with one exp and one log1p."""
+    softplus_abs = jnp.log1p(jnp.exp(-jnp.abs(z)))
+    return -(jnp.maximum(-z, 0.0) + softplus_abs), -(jnp.maximum(z, 0.0) + softplus_abs)
+
+
+def _log_zero_prob_parts(z, nb0):
+    log_pi, log_keep = _log_pi_keep(z)
+    q = -jnp.expm1(nb0)  # probability of a non-zero NB draw
+    keep_q = jnp.exp(log_keep) * q  # 1 - p0
+    value = jnp.where(keep_q < 0.5, jnp.log1p(-keep_q), jnp.logaddexp(log_pi, log_keep + nb0))
+    return value, (log_pi, log_keep, q)
+
+
+@jax.custom_jvp
+def _log_zero_prob(z, nb0):
+    """``log p0 = log(pi + (1 - pi) exp(nb0))``, ``pi = sigmoid(z)``, ``nb0 = log NB(0) <= 0``.
+
+    Two forms, each where it is accurate: ``log1p(-(1 - pi) q)`` with ``q = -expm1(nb0)`` (the probability of a
+    non-zero NB draw) while ``(1 - pi) q < 1/2``, else ``logaddexp(log pi, log(1 - pi) + nb0)``. The derivatives
+    are given as products, ``d/dz = pi (1 - pi) q / p0`` and ``d/dnb0 = (1 - pi) exp(nb0) / p0``; the autodiff
+    of ``logaddexp(z, nb0) - softplus(z)`` would form ``d/dz`` as ``sigmoid(z - nb0) - sigmoid(z)``, which cancels
+    when ``nb0`` is near 0 (a tiny mean, the common case).
+    """
+    return _log_zero_prob_parts(z, nb0)[0]
+
+
+def _log_zero_prob_jvp(primals, tangents):
+    z, nb0 = primals
+    dz, dnb0 = tangents
+    value, (log_pi, log_keep, q) = _log_zero_prob_parts(z, nb0)
+    w_z = q * jnp.exp(log_pi + log_keep - value)
+    w_nb0 = jnp.exp(log_keep + nb0 - value)
+    return value, w_z * dz + w_nb0 * dnb0
+
+
+_log_zero_prob.defjvp(_log_zero_prob_jvp)
 
 
 def zinb_log_prob(
@@ -351,10 +403,13 @@ def zinb_log_prob(
         theta=(theta, "positive"),
         zi_logits=(zi_logits, "real"),
     )
-    dtype = _float_dtype(x, mu, theta, zi_logits)
-    x, zi_logits = _as_float(dtype, x, zi_logits)
-    lp = nb_log_prob(x, jnp.asarray(mu, dtype), jnp.asarray(theta, dtype), validate_args=False)
-    return _zero_inflate(x, lp, zi_logits)
+    return _zinb_kernel(x, mu, theta, zi_logits)
+
+
+@jax.jit
+def _zinb_kernel(x, mu, theta, zi_logits):
+    x, mu, theta, zi_logits = _as_float(_float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits)
+    return _zero_inflate(x, _nb_kernel(x, mu, theta), zi_logits)
 
 
 def zinb_log_prob_log(
@@ -383,10 +438,14 @@ def zinb_log_prob_log(
         log_theta=(log_theta, "real"),
         zi_logits=(zi_logits, "real"),
     )
+    return _zinb_log_kernel(x, log_mu, log_theta, zi_logits)
+
+
+@jax.jit
+def _zinb_log_kernel(x, log_mu, log_theta, zi_logits):
     dtype = _float_dtype(x, log_mu, log_theta, zi_logits)
-    x, zi_logits = _as_float(dtype, x, zi_logits)
-    lp = nb_log_prob_log(x, jnp.asarray(log_mu, dtype), jnp.asarray(log_theta, dtype), validate_args=False)
-    return _zero_inflate(x, lp, zi_logits)
+    x, log_mu, log_theta, zi_logits = _as_float(dtype, x, log_mu, log_theta, zi_logits)
+    return _zero_inflate(x, _nb_log_kernel(x, log_mu, log_theta), zi_logits)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,6 +518,11 @@ def poisson_log_prob(x: ArrayLike, rate: ArrayLike, *, validate_args: bool = Tru
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
     _validate(validate_args, "poisson_log_prob", x=(x, "counts"), rate=(rate, "mean"))
+    return _poisson_kernel(x, rate)
+
+
+@jax.jit
+def _poisson_kernel(x, rate):
     x, rate = _as_float(_float_dtype(x, rate), x, rate)
     lp = _poisson_lp(x, rate)
     return jnp.where(_invalid(x, (rate >= 0) & (rate < jnp.inf)), jnp.nan, lp)
@@ -479,6 +543,11 @@ def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bo
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
     _validate(validate_args, "poisson_log_prob_log", x=(x, "counts"), log_rate=(log_rate, "log_mean"))
+    return _poisson_log_kernel(x, log_rate)
+
+
+@jax.jit
+def _poisson_log_kernel(x, log_rate):
     x, log_rate = _as_float(_float_dtype(x, log_rate), x, log_rate)
     lp = _poisson_lp_log(x, log_rate)
     return jnp.where(_invalid(x, ~jnp.isnan(log_rate) & (log_rate < jnp.inf)), jnp.nan, lp)
@@ -488,23 +557,13 @@ def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bo
 # sampling and moments
 # ---------------------------------------------------------------------------------------------------------------
 
-# Above this rate Poisson draws use the normal approximation (rounded, clipped at 0): int32 draws cannot hold
-# them and the relative error of the approximation (skewness 1/sqrt(rate)) is below float32 resolution of the
-# count itself.
-_POISSON_NORMAL_RATE = 1e9
 
-
-def _poisson_counts(key, rate, shape, dtype):
-    key_poisson, key_normal = jax.random.split(key)
-    big = rate > _POISSON_NORMAL_RATE
-    small_rate = jnp.where(big, 0.0, rate)
-    counts = jax.random.poisson(key_poisson, small_rate, shape).astype(dtype)
-    normal = jnp.round(rate + jnp.sqrt(rate) * jax.random.normal(key_normal, shape, dtype))
-    return jnp.where(big, jnp.maximum(normal, 0.0), counts)
-
-
-def _sample_shape(shape, *params):
-    return jnp.broadcast_shapes(*(jnp.shape(p) for p in params)) if shape is None else tuple(shape)
+def _sample_shape(shape, *params) -> tuple[int, ...]:
+    return (
+        jnp.broadcast_shapes(*(jnp.shape(p) for p in params))
+        if shape is None
+        else tuple(int(n) for n in shape)
+    )
 
 
 def sample_nb(
@@ -513,8 +572,9 @@ def sample_nb(
     """Draw negative binomial counts as a gamma-Poisson mixture.
 
     ``lambda ~ Gamma(theta, rate = theta / mu)``, ``x ~ Poisson(lambda)``. The gamma draw is taken on the log scale
-    (``jax.random.loggamma``) so that tiny ``theta`` (1e-4) does not underflow and huge ``theta`` (1e8, the Poisson
-    limit) stays exact; ``mu = 0`` gives 0.
+    (Marsaglia-Tsang) so that tiny ``theta`` (1e-4) does not underflow and huge ``theta`` (1e8, the Poisson limit)
+    stays exact; the Poisson draw is inversion below rate 10 and Hormann's PTRS above (see
+    ``genjax/_likelihood_sampling.py``); ``mu = 0`` gives 0. Counts above 2^24 are rounded to float32.
 
     Arguments:
         key: a PRNG key.
@@ -531,13 +591,17 @@ def sample_nb(
         ValueError: for concrete ``mu < 0`` or ``theta <= 0`` (or non-finite), naming the value and its index.
     """
     _validate(validate_args, "sample_nb", mu=(mu, "mean"), theta=(theta, "positive"))
+    return _sample_nb_kernel(key, mu, theta, _sample_shape(shape, mu, theta))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _sample_nb_kernel(key, mu, theta, shape):
     dtype = _float_dtype(mu, theta)
     mu, theta = _as_float(dtype, mu, theta)
-    shape = _sample_shape(shape, mu, theta)
+    mu, theta = jnp.broadcast_to(mu, shape), jnp.broadcast_to(theta, shape)
     key_gamma, key_poisson = jax.random.split(key)
-    log_gamma = jax.random.loggamma(key_gamma, theta, shape, dtype)
-    rate = jnp.exp(jnp.log(mu) - jnp.log(theta) + log_gamma)
-    return _poisson_counts(key_poisson, rate, shape, dtype)
+    rate = jnp.exp(jnp.log(mu) - jnp.log(theta) + log_gamma_variates(key_gamma, theta))
+    return poisson_variates(key_poisson, rate)
 
 
 def sample_zinb(
@@ -572,11 +636,15 @@ def sample_zinb(
         theta=(theta, "positive"),
         zi_logits=(zi_logits, "real"),
     )
+    return _sample_zinb_kernel(key, mu, theta, zi_logits, _sample_shape(shape, mu, theta, zi_logits))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _sample_zinb_kernel(key, mu, theta, zi_logits, shape):
     dtype = _float_dtype(mu, theta, zi_logits)
     mu, theta, zi_logits = _as_float(dtype, mu, theta, zi_logits)
-    shape = _sample_shape(shape, mu, theta, zi_logits)
     key_nb, key_zero = jax.random.split(key)
-    counts = sample_nb(key_nb, mu, theta, shape, validate_args=False)
+    counts = _sample_nb_kernel(key_nb, mu, theta, shape)
     inflated = jax.random.bernoulli(key_zero, jax.nn.sigmoid(zi_logits), shape)
     return jnp.where(inflated, 0.0, counts).astype(dtype)
 

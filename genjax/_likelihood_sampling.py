@@ -1,0 +1,164 @@
+"""Gamma and Poisson variates for the gamma-Poisson (negative binomial) samplers (private).
+
+``jax.random.loggamma`` and ``jax.random.poisson`` take 4-6 s each to compile on CPU (every new output shape
+recompiles), and ``poisson`` returns int32 and evaluates its acceptance test ``k log(rate) - rate - lgamma(k + 1)``
+with float32 cancellation for large rates. These are compact batched versions (one ``lax.while_loop`` each, all
+elements advance together, finished ones are masked):
+
+- :func:`log_gamma_variates`: Marsaglia & Tsang, "A simple method for generating gamma variables" (2000), on the
+  log scale, with the ``alpha < 1`` boost ``G(alpha) = G(alpha + 1) U^(1/alpha)`` as an additive ``log(U) / alpha``
+  (no underflow for ``alpha = 1e-4``); the acceptance test uses ``expm1(w) - w`` in series form so it stays exact
+  for ``alpha = 1e8`` (the Poisson limit).
+- :func:`poisson_variates`: inversion by sequential search for rates below 10 (one uniform per element, a cheap
+  loop of about ``rate + 1`` steps), and Hormann's transformed rejection with squeeze (PTRS; "The transformed
+  rejection method for generating Poisson random variables", 1993) above, with the acceptance test on the
+  accurate Loader log-pmf. Counts are returned as floats (exact integers up to 2^24 in float32).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._special import bd0_from_delta, stirlerr_count
+
+__all__: list[str] = []  # private module
+
+_MAX_ITERATIONS = 1000  # a safety net only: acceptance rates are >= 0.9 (PTRS) and >= 0.95 (Marsaglia-Tsang)
+_SMALL_RATE = 10.0
+
+
+def _expm1_minus_x(w):
+    """``expm1(w) - w`` without cancellation for small ``|w|``."""
+    n_terms = 16 if w.dtype == jnp.float64 else 9
+    coeffs, fact = [], 1.0
+    for k in range(2, n_terms + 2):
+        fact *= k
+        coeffs.append(1.0 / fact)
+    series = w * w * _horner(w, coeffs)
+    return jnp.where(jnp.abs(w) < 0.5, series, jnp.expm1(w) - w)
+
+
+def _horner(t, coeffs):
+    acc = jnp.full_like(t, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        acc = acc * t + c
+    return acc
+
+
+def _uniform_open(key, shape, dtype):
+    """Uniform on (0, 1] (never 0, so its log is finite)."""
+    return 1.0 - jax.random.uniform(key, shape, dtype)
+
+
+def log_gamma_variates(key, alpha):
+    """``log G`` with ``G ~ Gamma(alpha, 1)``, elementwise; ``alpha`` gives the shape and dtype.
+
+    Arguments:
+        key: a PRNG key.
+        alpha: positive shapes (an array of the output shape). Invalid entries (``alpha <= 0``, NaN) return NaN.
+    """
+    shape, dtype = alpha.shape, alpha.dtype
+    valid = alpha > 0
+    boost = alpha < 1
+    a = jnp.where(valid, jnp.where(boost, alpha + 1.0, alpha), 1.0)
+    d = a - 1.0 / 3.0
+    c = lax.rsqrt(9.0 * d)
+
+    def cond(state):
+        _, done, _, it = state
+        return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
+
+    def body(state):
+        key, done, log_v, it = state
+        key, key_normal, key_uniform = jax.random.split(key, 3)
+        x = jax.random.normal(key_normal, shape, dtype)
+        log_u = jnp.log(_uniform_open(key_uniform, shape, dtype))
+        cx = c * x
+        w = 3.0 * jnp.log1p(jnp.maximum(cx, -0.5))  # log v, v = (1 + c x)^3; only read where cx > -1
+        # accept when log u < x^2 / 2 + d (1 - v + log v) = x^2 / 2 - d (expm1(w) - w)
+        accept = (cx > -1.0) & (log_u < 0.5 * x * x - d * _expm1_minus_x(w))
+        log_v = jnp.where(~done & accept, w, log_v)
+        return key, done | accept, log_v, it + 1
+
+    key_loop, key_boost = jax.random.split(key)
+    init = (key_loop, ~valid, jnp.zeros(shape, dtype), jnp.int32(0))
+    _, _, log_v, _ = lax.while_loop(cond, body, init)
+    log_g = jnp.log(d) + log_v
+    log_boost = jnp.log(_uniform_open(key_boost, shape, dtype)) / jnp.where(boost, alpha, 1.0)
+    log_g = jnp.where(boost, log_g + log_boost, log_g)
+    return jnp.where(valid, log_g, jnp.nan)
+
+
+def _poisson_log_pmf(k, rate, log_rate):
+    """Loader's log-pmf for integer ``k >= 0`` and ``rate > 0`` (no cancellation for large ``rate``)."""
+    k0 = k == 0
+    km = jnp.where(k0, 1.0, k)
+    delta = km - rate
+    dev = bd0_from_delta(km, delta, delta / (km + rate), jnp.log(km) - log_rate)
+    lp = -stirlerr_count(km) - 0.5 * jnp.log(2.0 * jnp.pi * km) - dev
+    return jnp.where(k0, -rate, lp)
+
+
+def poisson_variates(key, rate):
+    """Poisson counts (as floats of ``rate``'s dtype) for ``rate >= 0``, elementwise; NaN for invalid rates.
+
+    Arguments:
+        key: a PRNG key.
+        rate: non-negative rates (an array of the output shape).
+    """
+    shape, dtype = rate.shape, rate.dtype
+    valid = (rate >= 0) & (rate < jnp.inf)
+    small = valid & (rate < _SMALL_RATE)
+    large = valid & ~small
+    key_small, key_large = jax.random.split(key)
+
+    # Inversion by sequential search: k = min{k : U <= F(k)}, with the pmf recurrence p(k) = p(k - 1) rate / k.
+    u = _uniform_open(key_small, shape, dtype)
+    rate_small = jnp.where(small, rate, 0.0)
+    p0 = jnp.exp(-rate_small)
+    cap = 60.0  # P(k >= 60 | rate < 10) < 1e-27; float rounding of F can leave U just above it, stop there
+
+    def cond_small(state):
+        k, _, cdf = state
+        return jnp.any(small & (u > cdf) & (k < cap))
+
+    def body_small(state):
+        k, p, cdf = state
+        go = small & (u > cdf) & (k < cap)
+        k_next = k + 1.0
+        p_next = p * rate_small / k_next
+        return jnp.where(go, k_next, k), jnp.where(go, p_next, p), jnp.where(go, cdf + p_next, cdf)
+
+    k_small, _, _ = lax.while_loop(cond_small, body_small, (jnp.zeros(shape, dtype), p0, p0))
+
+    # PTRS for rate >= 10.
+    rate_large = jnp.where(large, rate, _SMALL_RATE)
+    log_rate = jnp.log(rate_large)
+    b = 0.931 + 2.53 * jnp.sqrt(rate_large)
+    a = -0.059 + 0.02483 * b
+    log_inv_alpha = jnp.log(1.1239 + 1.1328 / (b - 3.4))
+    v_r = 0.9277 - 3.6224 / (b - 2.0)
+
+    def cond_large(state):
+        _, done, _, it = state
+        return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
+
+    def body_large(state):
+        key, done, k_out, it = state
+        key, key_u, key_v = jax.random.split(key, 3)
+        u = jax.random.uniform(key_u, shape, dtype) - 0.5
+        v = _uniform_open(key_v, shape, dtype)
+        us = 0.5 - jnp.abs(u)
+        k = jnp.floor((2.0 * a / us + b) * u + rate_large + 0.43)
+        quick = (us >= 0.07) & (v <= v_r)
+        reject = (k < 0) | ((us < 0.013) & (v > us))
+        log_lhs = jnp.log(v) + log_inv_alpha - jnp.log(a / (us * us) + b)
+        accept = quick | (~reject & (log_lhs <= _poisson_log_pmf(jnp.maximum(k, 0.0), rate_large, log_rate)))
+        k_out = jnp.where(~done & accept, k, k_out)
+        return key, done | accept, k_out, it + 1
+
+    init = (key_large, ~large, jnp.zeros(shape, dtype), jnp.int32(0))
+    _, _, k_large, _ = lax.while_loop(cond_large, body_large, init)
+    return jnp.where(valid, jnp.where(small, k_small, k_large), jnp.nan)
