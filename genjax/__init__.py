@@ -11,6 +11,8 @@ from ._data import *  # noqa: F403
 from ._distributed import *  # noqa: F403
 from ._distributions import *  # noqa: F403
 from ._likelihoods import *  # noqa: F403
+from ._pipeline import *  # noqa: F403
+from ._prior import *  # noqa: F403
 from ._sampling import *  # noqa: F403
 from ._score import *  # noqa: F403
 from ._sde import *  # noqa: F403
