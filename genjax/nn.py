@@ -165,7 +165,7 @@ class SinusoidalEmbedding(nn.Module):
         scale: ``s``, multiplies ``t`` first (1000 maps ``t in [0, 1]`` to DDPM's integer-step range).
         max_period: the longest period.
 
-    ``__call__(t)``: ``t`` of any shape ``(...)`` -> ``(..., features)``, float32.
+    ``__call__(t)``: ``t`` of any shape ``(...)`` -> ``(..., features)``, float32 (float64 for float64 ``t``).
     """
 
     features: int = 64
@@ -177,8 +177,9 @@ class SinusoidalEmbedding(nn.Module):
         if self.features % 2:
             raise ValueError(f"SinusoidalEmbedding.features must be even; got {self.features}")
         half = self.features // 2
-        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-        arg = (self.scale * jnp.asarray(t, jnp.float32))[..., None] * freqs
+        t = jnp.asarray(t, jnp.result_type(t, jnp.float32))
+        freqs = jnp.exp(-math.log(self.max_period) * jnp.arange(half, dtype=t.dtype) / half)
+        arg = (self.scale * t)[..., None] * freqs
         return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
 
 
@@ -355,7 +356,7 @@ class FieldNet(nn.Module):
         dtype: computation dtype (e.g. ``jnp.bfloat16`` on accelerators); parameters stay float32.
 
     ``__call__(x, t, cond=None)``: ``x: (n, d)``, ``t: (n,)``, ``cond`` a :class:`Condition` with leading ``n``
-    or ``None`` (unconditional: the null tokens) -> ``(n, d)`` float32.
+    or ``None`` (unconditional: the null tokens) -> ``(n, d)`` in ``x``'s dtype.
     """
 
     hidden: int = 256
@@ -380,7 +381,7 @@ class FieldNet(nn.Module):
     def __call__(self, x: Array, t: Array, cond: Condition | None = None) -> Array:
         if cond is not None and not self.conditional:
             raise ValueError("cond was given to an unconditional network (num_classes=() and num_covariates=0)")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:-1])
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1])
         temb = SinusoidalEmbedding(self.time_features, self.time_scale)(t)
         emb = MLP((self.hidden, self.hidden), self.activation, dtype=self.dtype, name="time_mlp")(temb)
         if self.conditional:
@@ -396,4 +397,4 @@ class FieldNet(nn.Module):
         else:
             h = jnp.concatenate([x, emb.astype(x.dtype)], axis=-1)
             out = MLP((self.hidden,) * self.num_blocks + (d,), self.activation, dtype=self.dtype, name="trunk")(h)
-        return out.astype(jnp.float32)
+        return out.astype(x.dtype)
