@@ -190,13 +190,17 @@ class LatentGenerator:
         ones, i.e. in training proportions.
         """
         codes = self.registry.encode_values(n, **conditions)  # (n, k); -1 where not given; raises on unknowns
-        given = codes[0] >= 0
-        match = np.all(self._cat[:, given] == codes[0, given], axis=1) if given.any() else \
-            np.ones(len(self._cat), bool)
-        pool = np.flatnonzero(match)
-        if pool.size == 0:
-            raise ValueError(f"no training cell has the conditions {conditions}; cannot draw library sizes")
-        rows = rng.choice(pool, size=n, replace=True)
+        rows = np.empty(n, np.int64)
+        patterns, inverse = np.unique(codes, axis=0, return_inverse=True)
+        for j, pattern in enumerate(patterns):  # one pool of matching training cells per requested pattern
+            given = pattern >= 0
+            pool = np.flatnonzero(np.all(self._cat[:, given] == pattern[given], axis=1))
+            if pool.size == 0:
+                wanted = {k: v for (k, v), g in zip(self.registry.decode_conditions(pattern[None]).items(), given,
+                                                      strict=True) if g}
+                raise ValueError(f"no training cell has the conditions {wanted}; cannot draw library sizes")
+            sel = np.flatnonzero(inverse.reshape(-1) == j)
+            rows[sel] = rng.choice(pool, size=sel.size, replace=True)
         cat = np.where(codes >= 0, codes, self._cat[rows]).astype(np.int32)
         if self.options["library"] == "empirical":
             log_lib = self._log_lib[rows]
@@ -245,8 +249,8 @@ class LatentGenerator:
             seed: seed of every draw (conditions, library sizes, latents, counts).
             guidance: classifier-free guidance weight(s), see :meth:`sample_latent`.
             batch_size: cells decoded per jitted call.
-            conditions: condition values, e.g. ``cell_type="B cells"``; the others are drawn in training
-                proportions (jointly with the library size).
+            conditions: condition values, e.g. ``cell_type="B cells"``, or a sequence of ``n`` values (one per
+                cell); the others are drawn in training proportions (jointly with the library size).
 
         Returns:
             AnnData (n x genes): ``X`` float32 sampled counts, ``obs`` the conditions (categoricals with the
