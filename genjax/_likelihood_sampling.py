@@ -9,6 +9,7 @@ elements advance together, finished ones are masked):
   log scale, with the ``alpha < 1`` boost ``G(alpha) = G(alpha + 1) U^(1/alpha)`` as an additive ``log(U) / alpha``
   (no underflow for ``alpha = 1e-4``); the acceptance test uses ``expm1(w) - w`` in series form so it stays exact
   for ``alpha = 1e8`` (the Poisson limit).
+- :func:`nb_variates`: the two composed, with one key split and the per-element uniforms drawn together.
 - :func:`poisson_variates`: inversion by sequential search for rates below 10 (one uniform per element, a cheap
   loop of about ``rate + 1`` steps), and Hormann's transformed rejection with squeeze (PTRS; "The transformed
   rejection method for generating Poisson random variables", 1993) above, with the acceptance test on the
@@ -47,17 +48,22 @@ def _horner(t, coeffs):
     return acc
 
 
-def _uniform_open(key, shape, dtype):
-    """Uniform on (0, 1] (never 0, so its log is finite)."""
-    return 1.0 - jax.random.uniform(key, shape, dtype)
+def _symmetric_pair(keys, it, shape, dtype):
+    """Two independent uniforms on (-1, 1) from one generator call (one threefry expansion in the loop body:
+    compile time grows with every random call inside a while loop). ``keys`` are pre-split, one per iteration."""
+    u = jax.random.uniform(
+        keys[it], (2, *shape), dtype, minval=jnp.nextafter(-1.0, 0.0).astype(dtype), maxval=1.0
+    )
+    return u[0], u[1]
 
 
-def log_gamma_variates(key, alpha):
+def log_gamma_variates(keys, alpha, u_boost):
     """``log G`` with ``G ~ Gamma(alpha, 1)``, elementwise; ``alpha`` gives the shape and dtype.
 
     Arguments:
-        key: a PRNG key.
+        keys: ``_MAX_ITERATIONS`` PRNG keys, one per rejection round.
         alpha: positive shapes (an array of the output shape). Invalid entries (``alpha <= 0``, NaN) return NaN.
+        u_boost: uniforms on (0, 1], the output shape, for the ``alpha < 1`` boost.
     """
     shape, dtype = alpha.shape, alpha.dtype
     valid = alpha > 0
@@ -67,26 +73,24 @@ def log_gamma_variates(key, alpha):
     c = lax.rsqrt(9.0 * d)
 
     def cond(state):
-        _, done, _, it = state
+        done, _, it = state
         return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
 
     def body(state):
-        key, done, log_v, it = state
-        key, key_normal, key_uniform = jax.random.split(key, 3)
-        x = jax.random.normal(key_normal, shape, dtype)
-        log_u = jnp.log(_uniform_open(key_uniform, shape, dtype))
+        done, log_v, it = state
+        u_normal, u_accept = _symmetric_pair(keys, it, shape, dtype)
+        x = jnp.sqrt(2.0).astype(dtype) * lax.erf_inv(u_normal)  # standard normal
+        log_u = jnp.log(0.5 * (u_accept + 1.0))  # uniform on (0, 1)
         cx = c * x
         w = 3.0 * jnp.log1p(jnp.maximum(cx, -0.5))  # log v, v = (1 + c x)^3; only read where cx > -1
         # accept when log u < x^2 / 2 + d (1 - v + log v) = x^2 / 2 - d (expm1(w) - w)
         accept = (cx > -1.0) & (log_u < 0.5 * x * x - d * _expm1_minus_x(w))
         log_v = jnp.where(~done & accept, w, log_v)
-        return key, done | accept, log_v, it + 1
+        return done | accept, log_v, it + 1
 
-    key_loop, key_boost = jax.random.split(key)
-    init = (key_loop, ~valid, jnp.zeros(shape, dtype), jnp.int32(0))
-    _, _, log_v, _ = lax.while_loop(cond, body, init)
+    _, log_v, _ = lax.while_loop(cond, body, (~valid, jnp.zeros(shape, dtype), jnp.int32(0)))
     log_g = jnp.log(d) + log_v
-    log_boost = jnp.log(_uniform_open(key_boost, shape, dtype)) / jnp.where(boost, alpha, 1.0)
+    log_boost = jnp.log(u_boost) / jnp.where(boost, alpha, 1.0)
     log_g = jnp.where(boost, log_g + log_boost, log_g)
     return jnp.where(valid, log_g, jnp.nan)
 
@@ -101,21 +105,20 @@ def _poisson_log_pmf(k, rate, log_rate):
     return jnp.where(k0, -rate, lp)
 
 
-def poisson_variates(key, rate):
+def poisson_variates(keys, rate, u):
     """Poisson counts (as floats of ``rate``'s dtype) for ``rate >= 0``, elementwise; NaN for invalid rates.
 
     Arguments:
-        key: a PRNG key.
+        keys: ``_MAX_ITERATIONS`` PRNG keys, one per rejection round (rates >= 10).
         rate: non-negative rates (an array of the output shape).
+        u: uniforms on (0, 1], the output shape, for the inversion (rates < 10).
     """
     shape, dtype = rate.shape, rate.dtype
     valid = (rate >= 0) & (rate < jnp.inf)
     small = valid & (rate < _SMALL_RATE)
     large = valid & ~small
-    key_small, key_large = jax.random.split(key)
 
     # Inversion by sequential search: k = min{k : U <= F(k)}, with the pmf recurrence p(k) = p(k - 1) rate / k.
-    u = _uniform_open(key_small, shape, dtype)
     rate_small = jnp.where(small, rate, 0.0)
     p0 = jnp.exp(-rate_small)
     cap = 60.0  # P(k >= 60 | rate < 10) < 1e-27; float rounding of F can leave U just above it, stop there
@@ -142,14 +145,14 @@ def poisson_variates(key, rate):
     v_r = 0.9277 - 3.6224 / (b - 2.0)
 
     def cond_large(state):
-        _, done, _, it = state
+        done, _, it = state
         return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
 
     def body_large(state):
-        key, done, k_out, it = state
-        key, key_u, key_v = jax.random.split(key, 3)
-        u = jax.random.uniform(key_u, shape, dtype) - 0.5
-        v = _uniform_open(key_v, shape, dtype)
+        done, k_out, it = state
+        u_sym, v_sym = _symmetric_pair(keys, it, shape, dtype)
+        u = 0.5 * u_sym  # uniform on (-1/2, 1/2)
+        v = 0.5 * (v_sym + 1.0)  # uniform on (0, 1)
         us = 0.5 - jnp.abs(u)
         k = jnp.floor((2.0 * a / us + b) * u + rate_large + 0.43)
         quick = (us >= 0.07) & (v <= v_r)
@@ -157,8 +160,31 @@ def poisson_variates(key, rate):
         log_lhs = jnp.log(v) + log_inv_alpha - jnp.log(a / (us * us) + b)
         accept = quick | (~reject & (log_lhs <= _poisson_log_pmf(jnp.maximum(k, 0.0), rate_large, log_rate)))
         k_out = jnp.where(~done & accept, k, k_out)
-        return key, done | accept, k_out, it + 1
+        return done | accept, k_out, it + 1
 
-    init = (key_large, ~large, jnp.zeros(shape, dtype), jnp.int32(0))
-    _, _, k_large, _ = lax.while_loop(cond_large, body_large, init)
+    _, k_large, _ = lax.while_loop(cond_large, body_large, (~large, jnp.zeros(shape, dtype), jnp.int32(0)))
     return jnp.where(valid, jnp.where(small, k_small, k_large), jnp.nan)
+
+
+def nb_variates(key, mu, theta, zero_prob=None):
+    """Negative binomial (gamma-Poisson) counts, optionally zero-inflated, as floats of the parameters' dtype.
+
+    One key split and two batched draws outside the loops: every generator call costs ~0.5 s of XLA compile time
+    on CPU, which dominated this sampler's first call.
+
+    Arguments:
+        key: a PRNG key.
+        mu: means ``>= 0``, the output shape.
+        theta: inverse dispersions ``> 0``, the output shape.
+        zero_prob: optional probabilities of an extra zero, the output shape.
+    """
+    shape, dtype = mu.shape, mu.dtype
+    keys = jax.random.split(key, 2 * _MAX_ITERATIONS + 1)
+    n_uniform = 2 if zero_prob is None else 3
+    u = 1.0 - jax.random.uniform(keys[-1], (n_uniform, *shape), dtype)  # on (0, 1]
+    log_gamma = log_gamma_variates(keys[:_MAX_ITERATIONS], theta, u[0])
+    rate = jnp.exp(jnp.log(mu) - jnp.log(theta) + log_gamma)
+    counts = poisson_variates(keys[_MAX_ITERATIONS:-1], rate, u[1])
+    if zero_prob is not None:
+        counts = jnp.where(u[2] <= zero_prob, 0.0, counts)
+    return counts

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ._likelihood_sampling import log_gamma_variates, poisson_variates
+from ._likelihood_sampling import nb_variates
 from ._special import (
     bd0_from_delta,
     delta_digamma_log,
@@ -84,6 +84,8 @@ def _float_dtype(*args) -> jnp.dtype:
 
 
 def _as_float(dtype, *args):
+    """The arguments as (strongly typed) arrays of ``dtype``: one jit cache entry whatever mix of Python scalars,
+    integer counts and arrays the caller passes."""
     return tuple(jnp.asarray(a, dtype) for a in args)
 
 
@@ -275,7 +277,7 @@ def nb_log_prob(x: ArrayLike, mu: ArrayLike, theta: ArrayLike, *, validate_args:
             ``theta <= 0`` or non-finite parameters, naming the argument, the value and its index.
     """
     _validate(validate_args, "nb_log_prob", x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"))
-    return _nb_kernel(x, mu, theta)
+    return _nb_kernel(*_as_float(_float_dtype(x, mu, theta), x, mu, theta))
 
 
 # The kernels are jitted so that eager calls run one fused computation (and compile once per shape) instead of
@@ -317,7 +319,7 @@ def nb_log_prob_log(
         log_mu=(log_mu, "log_mean"),
         log_theta=(log_theta, "real"),
     )
-    return _nb_log_kernel(x, log_mu, log_theta)
+    return _nb_log_kernel(*_as_float(_float_dtype(x, log_mu, log_theta), x, log_mu, log_theta))
 
 
 @jax.jit
@@ -403,7 +405,7 @@ def zinb_log_prob(
         theta=(theta, "positive"),
         zi_logits=(zi_logits, "real"),
     )
-    return _zinb_kernel(x, mu, theta, zi_logits)
+    return _zinb_kernel(*_as_float(_float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits))
 
 
 @jax.jit
@@ -438,7 +440,9 @@ def zinb_log_prob_log(
         log_theta=(log_theta, "real"),
         zi_logits=(zi_logits, "real"),
     )
-    return _zinb_log_kernel(x, log_mu, log_theta, zi_logits)
+    return _zinb_log_kernel(
+        *_as_float(_float_dtype(x, log_mu, log_theta, zi_logits), x, log_mu, log_theta, zi_logits)
+    )
 
 
 @jax.jit
@@ -518,7 +522,7 @@ def poisson_log_prob(x: ArrayLike, rate: ArrayLike, *, validate_args: bool = Tru
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
     _validate(validate_args, "poisson_log_prob", x=(x, "counts"), rate=(rate, "mean"))
-    return _poisson_kernel(x, rate)
+    return _poisson_kernel(*_as_float(_float_dtype(x, rate), x, rate))
 
 
 @jax.jit
@@ -543,7 +547,7 @@ def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bo
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
     _validate(validate_args, "poisson_log_prob_log", x=(x, "counts"), log_rate=(log_rate, "log_mean"))
-    return _poisson_log_kernel(x, log_rate)
+    return _poisson_log_kernel(*_as_float(_float_dtype(x, log_rate), x, log_rate))
 
 
 @jax.jit
@@ -591,17 +595,15 @@ def sample_nb(
         ValueError: for concrete ``mu < 0`` or ``theta <= 0`` (or non-finite), naming the value and its index.
     """
     _validate(validate_args, "sample_nb", mu=(mu, "mean"), theta=(theta, "positive"))
-    return _sample_nb_kernel(key, mu, theta, _sample_shape(shape, mu, theta))
+    shape = _sample_shape(shape, mu, theta)
+    return _sample_nb_kernel(key, *_as_float(_float_dtype(mu, theta), mu, theta), shape)
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def _sample_nb_kernel(key, mu, theta, shape):
     dtype = _float_dtype(mu, theta)
     mu, theta = _as_float(dtype, mu, theta)
-    mu, theta = jnp.broadcast_to(mu, shape), jnp.broadcast_to(theta, shape)
-    key_gamma, key_poisson = jax.random.split(key)
-    rate = jnp.exp(jnp.log(mu) - jnp.log(theta) + log_gamma_variates(key_gamma, theta))
-    return poisson_variates(key_poisson, rate)
+    return nb_variates(key, jnp.broadcast_to(mu, shape), jnp.broadcast_to(theta, shape))
 
 
 def sample_zinb(
@@ -636,17 +638,16 @@ def sample_zinb(
         theta=(theta, "positive"),
         zi_logits=(zi_logits, "real"),
     )
-    return _sample_zinb_kernel(key, mu, theta, zi_logits, _sample_shape(shape, mu, theta, zi_logits))
+    shape = _sample_shape(shape, mu, theta, zi_logits)
+    params = _as_float(_float_dtype(mu, theta, zi_logits), mu, theta, zi_logits)
+    return _sample_zinb_kernel(key, *params, shape)
 
 
 @functools.partial(jax.jit, static_argnums=4)
 def _sample_zinb_kernel(key, mu, theta, zi_logits, shape):
     dtype = _float_dtype(mu, theta, zi_logits)
-    mu, theta, zi_logits = _as_float(dtype, mu, theta, zi_logits)
-    key_nb, key_zero = jax.random.split(key)
-    counts = _sample_nb_kernel(key_nb, mu, theta, shape)
-    inflated = jax.random.bernoulli(key_zero, jax.nn.sigmoid(zi_logits), shape)
-    return jnp.where(inflated, 0.0, counts).astype(dtype)
+    mu, theta, zi_logits = (jnp.broadcast_to(a, shape) for a in _as_float(dtype, mu, theta, zi_logits))
+    return nb_variates(key, mu, theta, zero_prob=jax.nn.sigmoid(zi_logits))
 
 
 def nb_mean(mu: ArrayLike, theta: ArrayLike) -> Array:
