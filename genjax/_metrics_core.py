@@ -107,9 +107,9 @@ def make_buffer(x, cap: int | None = None) -> Buffer:
 
 
 def _block(buf: Buffer, i):
-    start = i * BLOCK
+    start = jnp.asarray(i, jnp.int32) * BLOCK  # int32 also under x64, where loop indices are int64
     d = buf.points.shape[1]
-    return (jax.lax.dynamic_slice(buf.points, (start, 0), (BLOCK, d)),
+    return (jax.lax.dynamic_slice(buf.points, (start, jnp.int32(0)), (BLOCK, d)),
             jax.lax.dynamic_slice(buf.weights, (start,), (BLOCK,)), start)
 
 
@@ -169,26 +169,27 @@ def _u_or_v(statistic: str) -> bool:
     return statistic == "u"
 
 
-def energy_and_mmd(x: Buffer, n: int, y: Buffer, m: int, bandwidths, unbiased: bool):
+def energy_and_mmd(x: Buffer, n: int, y: Buffer, m: int, bandwidths, unbiased: bool) -> tuple[float, float]:
     """Squared energy distance and multi-bandwidth RBF MMD^2 (mean over bandwidths) from three pair sums.
 
-    ``n``, ``m``: the numbers of valid points (>= 2). Returns two scalars (MMD^2 is NaN when K = 0).
+    ``n``, ``m``: the numbers of valid points (>= 2). Returns two floats (MMD^2 is NaN when K = 0). The final
+    arithmetic is done in float64 on the host.
     """
-    xy = pair_sums(x, y, bandwidths, same=False) / (n * m)
+    xy = np.asarray(pair_sums(x, y, bandwidths, same=False), np.float64) / (n * m)
     # within-set sums always leave out i == j (the norm trick would give noise instead of |x_i - x_i| = 0)
-    xx = pair_sums(x, x, bandwidths, same=True)
-    yy = pair_sums(y, y, bandwidths, same=True)
+    xx = np.asarray(pair_sums(x, x, bandwidths, same=True), np.float64)
+    yy = np.asarray(pair_sums(y, y, bandwidths, same=True), np.float64)
     if unbiased:
         xx, yy = xx / (n * (n - 1)), yy / (m * (m - 1))
     else:
-        diag = jnp.concatenate([jnp.zeros(1), jnp.ones(bandwidths.shape[0])])  # f(0) per statistic
+        diag = np.r_[0.0, np.ones(bandwidths.shape[0])]  # f(0) per statistic
         xx, yy = (xx + n * diag) / n**2, (yy + m * diag) / m**2
     energy = 2.0 * xy[0] - xx[0] - yy[0]
-    mmd = jnp.mean(xx[1:] + yy[1:] - 2.0 * xy[1:]) if bandwidths.shape[0] else jnp.nan
-    return energy, mmd
+    mmd = float(np.mean(xx[1:] + yy[1:] - 2.0 * xy[1:])) if bandwidths.shape[0] else math.nan
+    return float(energy), mmd
 
 
-def energy_distance(x: Points, y: Points, *, statistic: str = "u") -> Float[Array, ""]:
+def energy_distance(x: Points, y: Points, *, statistic: str = "u") -> float:
     """Squared energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` between two point sets (Szekely & Rizzo 2013).
 
     Arguments:
@@ -198,7 +199,8 @@ def energy_distance(x: Points, y: Points, *, statistic: str = "u") -> Float[Arra
             alike sets); ``"v"``: over all pairs including ``i == j`` (the plug-in estimate, always >= 0).
 
     Returns:
-        Scalar (float32 unless x64 is enabled), 0 in expectation for samples of one distribution. For 1-D
+        A Python float (pair sums accumulated in float32, or float64 under x64), 0 in expectation for samples of
+        one distribution. For 1-D
         ``N(0, 1)`` vs ``N(delta, 1)`` the population value is ``2 E|delta + sqrt2 Z| - 2 E|sqrt2 Z|``
         ``= 4 sqrt2 phi(delta/sqrt2) + 2 delta (2 Phi(delta/sqrt2) - 1) - 4/sqrt(pi)``.
 
@@ -207,7 +209,8 @@ def energy_distance(x: Points, y: Points, *, statistic: str = "u") -> Float[Arra
     """
     x, y = _check_pair(x, y)
     unbiased = _u_or_v(statistic)
-    energy, _ = energy_and_mmd(make_buffer(x), x.shape[0], make_buffer(y), y.shape[0],
+    cap = capacity(max(x.shape[0], y.shape[0]))  # one buffer size for x and y: fewer compilations
+    energy, _ = energy_and_mmd(make_buffer(x, cap), x.shape[0], make_buffer(y, cap), y.shape[0],
                                jnp.zeros((0,), x.dtype), unbiased)
     return energy
 
@@ -250,7 +253,7 @@ def mmd_rbf(
     bandwidths: Sequence[float] | None = None,
     factors: Sequence[float] = MMD_FACTORS,
     statistic: str = "u",
-) -> Float[Array, ""]:
+) -> float:
     """Squared maximum mean discrepancy with a multi-bandwidth RBF kernel (Gretton et al. 2012).
 
     The kernel is ``k(a, b) = mean_s exp(-|a - b|^2 / (2 s^2))`` over the bandwidths ``s``;
@@ -265,7 +268,7 @@ def mmd_rbf(
         statistic: ``"u"`` (unbiased, ``i != j`` within sets) or ``"v"`` (all pairs).
 
     Returns:
-        Scalar MMD^2. For Gaussians ``N(a, s_x^2 I)`` and ``N(b, s_y^2 I)`` in ``dim`` dimensions,
+        MMD^2 as a Python float. For Gaussians ``N(a, s_x^2 I)`` and ``N(b, s_y^2 I)`` in ``dim`` dimensions,
         ``E k_s(X, Y) = (s^2 / (s^2 + s_x^2 + s_y^2))^(dim/2) exp(-|a - b|^2 / (2 (s^2 + s_x^2 + s_y^2)))``.
 
     Raises:
@@ -276,7 +279,8 @@ def mmd_rbf(
     bw = rbf_bandwidths(x, factors) if bandwidths is None else np.asarray(bandwidths, np.float64).reshape(-1)
     if bw.size == 0 or not np.all(bw > 0):
         raise ValueError(f"bandwidths must be a non-empty list of positive numbers; got {list(bw)}")
-    _, mmd = energy_and_mmd(make_buffer(x), x.shape[0], make_buffer(y), y.shape[0],
+    cap = capacity(max(x.shape[0], y.shape[0]))
+    _, mmd = energy_and_mmd(make_buffer(x, cap), x.shape[0], make_buffer(y, cap), y.shape[0],
                             jnp.asarray(bw, x.dtype), unbiased)
     return mmd
 
@@ -450,7 +454,9 @@ def sinkhorn(
     eps = default_epsilon(x, relative_epsilon) if epsilon is None else float(epsilon)
     if not eps > 0:
         raise ValueError(f"epsilon must be > 0; got {eps}")
-    out = _solve(make_buffer(x), make_buffer(y), jnp.asarray(eps, x.dtype), jnp.asarray(tol, x.dtype), max_iter)
+    cap = capacity(max(x.shape[0], y.shape[0]))
+    out = _solve(make_buffer(x, cap), make_buffer(y, cap), jnp.asarray(eps, x.dtype), jnp.asarray(tol, x.dtype),
+                 max_iter)
     f, g, reg, transport, it, err = out
     return SinkhornOutput(f[: x.shape[0]], g[: y.shape[0]], reg, transport, it, err)
 
@@ -505,7 +511,9 @@ def sinkhorn_w2(
     eps = default_epsilon(x, relative_epsilon) if epsilon is None else float(epsilon)
     if not eps > 0:
         raise ValueError(f"epsilon must be > 0; got {eps}")
-    w2, _ = w2_from_buffers(make_buffer(x), make_buffer(y), eps, debiased=debiased, max_iter=max_iter, tol=tol)
+    cap = capacity(max(x.shape[0], y.shape[0]))
+    w2, _ = w2_from_buffers(make_buffer(x, cap), make_buffer(y, cap), eps, debiased=debiased, max_iter=max_iter,
+                            tol=tol)
     return w2
 
 
@@ -560,14 +568,14 @@ def host_rng(key: PRNGKeyArray) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
 
 
-def knn_buffers(key: PRNGKeyArray, x, y, k: int, n_repeats: int, cap: int | None = None):
-    """Subsample, pool and score (see :func:`knn_two_sample_accuracy`); ``cap`` fixes the pooled buffer size."""
+def knn_buffers(rng: np.random.Generator, x, y, k: int, n_repeats: int, cap: int | None = None) -> float:
+    """Subsample (numpy ``rng``), pool and score (see :func:`knn_two_sample_accuracy`); ``cap`` fixes the pooled
+    buffer size."""
     x, y = np.asarray(x), np.asarray(y)
     n = min(x.shape[0], y.shape[0])
     cap = capacity(2 * n) if cap is None else cap
     dtype = _float_dtype(x, y)
     lab = jnp.asarray(np.concatenate([np.zeros(n), np.ones(n), np.zeros(cap - 2 * n)]).astype(dtype))
-    rng = host_rng(key)
     accs = []
     for _ in range(n_repeats):
         xs = x[rng.permutation(x.shape[0])[:n]]
@@ -608,4 +616,4 @@ def knn_two_sample_accuracy(
     knn_check(k, x.shape[0], y.shape[0])
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1; got {n_repeats}")
-    return knn_buffers(key, x, y, k, n_repeats)
+    return knn_buffers(host_rng(key), x, y, k, n_repeats)

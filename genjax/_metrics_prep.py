@@ -199,8 +199,8 @@ def align_genes(reference: CountSet, other: CountSet) -> CountSet:
             return other
         ref, oth = set(reference.gene_names), set(other.gene_names)
         if ref != oth or len(oth) != len(other.gene_names):
-            missing = [g for g in reference.gene_names if g not in oth][:5]
-            extra = [g for g in other.gene_names if g not in ref][:5]
+            missing = [str(g) for g in reference.gene_names if g not in oth][:5]
+            extra = [str(g) for g in other.gene_names if g not in ref][:5]
             raise ValueError(
                 f"{other.name} genes do not match {reference.name} genes ({other.n_genes} vs {reference.n_genes} "
                 f"genes; missing from {other.name}: {missing}, not in {reference.name}: {extra}"
@@ -308,7 +308,7 @@ def pca_fit(
     n_components: int = 30,
     *,
     method: str = "auto",
-    key: PRNGKeyArray | None = None,
+    key: PRNGKeyArray | int | None = None,
     oversample: int = 50,
     n_iter: int = 8,
 ) -> PCA:
@@ -321,7 +321,7 @@ def pca_fit(
             ``O(cells genes min(cells, genes))``), ``"randomized"`` (Halko et al. 2011 subspace iteration with
             ``oversample`` extra columns and ``n_iter`` power iterations) or ``"auto"`` (exact when
             ``min(cells, genes) <= 3000``).
-        key: PRNG key of the randomized method (default ``jax.random.key(0)``).
+        key: PRNG key (or integer seed) of the randomized method (default seed 0).
 
     Returns:
         A :class:`PCA` (JAX arrays, the dtype of ``x``: float32 unless x64 is enabled).
@@ -345,7 +345,7 @@ def pca_fit(
         s, vt = _pca_exact(x, n_components)
     elif method == "randomized":
         rank = min(n_components + oversample, n, g)
-        key = jax.random.key(0) if key is None else key
+        key = jax.random.key(0 if key is None else key) if key is None or isinstance(key, int) else key
         s, vt = _pca_randomized(key, x, rank, n_iter)
     else:
         raise ValueError(f"method must be 'auto', 'exact' or 'randomized'; got {method!r}")
@@ -361,6 +361,12 @@ def pca_fit(
 def pca_transform(pca: PCA, x: Float[Array, "cells genes"]) -> Float[Array, "cells components"]:
     """Project ``x`` (``(cells, genes)``) onto the axes of ``pca``: ``(x - mean) @ components.T``."""
     return (jnp.asarray(x) - pca.mean) @ pca.components.T
+
+
+def project(pca: PCA, x: np.ndarray) -> np.ndarray:
+    """:func:`pca_transform` on the host in numpy (float32; no compilation per input shape)."""
+    mean = np.asarray(pca.mean, np.float32)
+    return ((np.asarray(x, np.float32) - mean) @ np.asarray(pca.components, np.float32).T).astype(np.float32)
 
 
 def gene_statistics(counts, target_sum: float = 1e4) -> dict[str, np.ndarray]:

@@ -33,7 +33,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,7 +44,6 @@ from ._metrics_core import (
     default_epsilon,
     energy_and_mmd,
     energy_distance,
-    host_rng,
     knn_buffers,
     knn_two_sample_accuracy,
     make_buffer,
@@ -67,6 +65,7 @@ from ._metrics_prep import (
     pca_fit,
     pca_transform,
     pearson,
+    project,
 )
 
 __all__ = [
@@ -270,15 +269,15 @@ class _Comparer:
     """Computes every metric of one (reference rows, sample rows) pair, reusing compiled functions."""
 
     def __init__(self, ref_pcs, caps, *, k, knn_repeats, mmd_factors, w2_max_cells, relative_epsilon,
-                 unbiased, min_cells, key):
+                 unbiased, min_cells):
         self.ref = ref_pcs
         self.caps = caps
         self.k, self.knn_repeats, self.mmd_factors = k, knn_repeats, tuple(mmd_factors)
         self.w2_max_cells, self.relative_epsilon = w2_max_cells, relative_epsilon
-        self.unbiased, self.min_cells, self.key = unbiased, min_cells, key
+        self.unbiased, self.min_cells = unbiased, min_cells
         self.max_sinkhorn_error = 0.0
 
-    def distribution(self, ref_rows, pcs, rows, which: str, key) -> tuple[dict[str, float], str]:
+    def distribution(self, ref_rows, pcs, rows, rng: np.random.Generator) -> tuple[dict[str, float], str]:
         n, m = len(ref_rows), len(rows)
         names = ("energy_distance", "mmd_rbf", "w2_sinkhorn", "knn_accuracy")
         if min(n, m) < self.min_cells:
@@ -286,21 +285,20 @@ class _Comparer:
         x, y = self.ref[ref_rows], pcs[rows]
         if not default_epsilon(x) > 0 or not median_distance(x) > 0:
             return dict.fromkeys(names, math.nan), "real cells coincide in PC space"
-        k_knn, k_w2x, k_w2y = jax.random.split(key, 3)
-        bw = jnp.asarray(rbf_bandwidths(x, self.mmd_factors), x.dtype)
-        xb = make_buffer(x, self.caps["real"])
-        yb = make_buffer(y, self.caps[which])
-        energy, mmd = energy_and_mmd(xb, n, yb, m, bw, self.unbiased)
-        # W2 on at most w2_max_cells cells per set (Sinkhorn costs O(n m) per iteration)
-        xs = x if n <= self.w2_max_cells else x[host_rng(k_w2x).permutation(n)[: self.w2_max_cells]]
-        ys = y if m <= self.w2_max_cells else y[host_rng(k_w2y).permutation(m)[: self.w2_max_cells]]
-        # tiled Sinkhorn in buffers of the overall sizes: one compilation for every condition
-        w2, err = w2_from_buffers(make_buffer(xs, self.caps["w2_real"]), make_buffer(ys, self.caps["w2_" + which]),
+        # every buffer has one of three sizes fixed for the whole evaluation (traced block counts), so all
+        # groups and both samples reuse the same compiled functions
+        bw = jnp.asarray(rbf_bandwidths(x, self.mmd_factors), np.float32)
+        cap = self.caps["pairs"]
+        energy, mmd = energy_and_mmd(make_buffer(x, cap), n, make_buffer(y, cap), m, bw, self.unbiased)
+        # W2 on at most w2_max_cells cells per set (Sinkhorn costs O(n m) per iteration), tiled Sinkhorn
+        xs = x if n <= self.w2_max_cells else x[rng.permutation(n)[: self.w2_max_cells]]
+        ys = y if m <= self.w2_max_cells else y[rng.permutation(m)[: self.w2_max_cells]]
+        cap = self.caps["w2"]
+        w2, err = w2_from_buffers(make_buffer(xs, cap), make_buffer(ys, cap),
                                   default_epsilon(xs, self.relative_epsilon), dense=False)
         self.max_sinkhorn_error = max(self.max_sinkhorn_error, err)
-        knn = knn_buffers(k_knn, x, y, self.k, self.knn_repeats, self.caps["knn_" + which])
-        return {"energy_distance": float(energy), "mmd_rbf": float(mmd), "w2_sinkhorn": float(w2),
-                "knn_accuracy": float(knn)}, ""
+        knn = knn_buffers(rng, x, y, self.k, self.knn_repeats, self.caps["knn"])
+        return {"energy_distance": energy, "mmd_rbf": mmd, "w2_sinkhorn": w2, "knn_accuracy": knn}, ""
 
 
 def evaluate(
@@ -391,8 +389,6 @@ def evaluate(
         key_name = "condition"
 
     rng = np.random.default_rng(seed)
-    key = jax.random.key(seed)
-    k_pca, k_cmp = jax.random.split(key)
     notes: list[str] = []
 
     if isinstance(control, str):
@@ -418,27 +414,28 @@ def evaluate(
     # condition bookkeeping
     groups: list[str] = []
     if conditional:
-        real_values = set(np.unique(ref_set.labels))
+        real_values = {str(v) for v in np.unique(ref_set.labels)}
         for cs in (gen_set, ctl_set):
             if cs is None:
                 continue
-            unknown = sorted(set(np.unique(cs.labels)) - real_values)
+            unknown = sorted(str(v) for v in set(np.unique(cs.labels)) - real_values)
             if unknown:
                 raise ValueError(f"{cs.name} cells have {key_name} values absent from the real cells: {unknown[:5]}; "
-                                 f"real values: {sorted(real_values)}")
-        gen_values = list(np.unique(gen_set.labels))
+                                 f"real values: {sorted(map(str, real_values))}")
+        gen_values = [str(v) for v in np.unique(gen_set.labels)]
         if conditions is None:
             groups = gen_values
             missing = sorted(real_values - set(gen_values))
             if missing:
-                notes.append(f"real {key_name} values without generated cells (no per-condition rows): {missing}")
+                notes.append(f"real {key_name} values without generated cells (no per-condition rows): "
+                             f"{[str(v) for v in missing]}")
         else:
             groups = [str(c) for c in conditions]
             for c in groups:
                 where = [n for n, s in (("real", real_values), ("generated", set(gen_values))) if c not in s]
                 if where:
                     raise ValueError(f"condition {c!r} ({key_name}) has no {' or '.join(where)} cells; real values: "
-                                     f"{sorted(real_values)}")
+                                     f"{sorted(map(str, real_values))}")
     elif conditions is not None:
         raise ValueError("conditions=... needs condition_key (or *_labels)")
 
@@ -447,12 +444,12 @@ def evaluate(
     n_comp = min(n_components, ref_set.n_cells - 1, ref_set.n_genes)
     if n_comp < n_components:
         notes.append(f"n_components reduced from {n_components} to {n_comp} (too few real cells or genes)")
-    pca = pca_fit(ref_log, n_comp, key=k_pca)
+    pca = pca_fit(ref_log, n_comp, key=seed)
     sets = {"real": ref_set, "generated": gen_set}
     if ctl_set is not None:
         sets["control"] = ctl_set
     logs = {"real": ref_log} | {n: normalize_log1p(s.counts, target_sum) for n, s in sets.items() if n != "real"}
-    pcs = {n: np.asarray(pca_transform(pca, logs[n])) for n in sets}
+    pcs = {n: project(pca, logs[n]) for n in sets}
     for n, s in sets.items():
         empty = int(np.sum(library_sizes(s.counts) == 0))
         if empty:
@@ -474,14 +471,12 @@ def evaluate(
 
     samples = [n for n in ("generated", "control") if n in sets]
     n_ref = ref_set.n_cells
-    caps = {"real": capacity(n_ref), "w2_real": capacity(min(n_ref, w2_max_cells))}
-    for n in samples:
-        caps[n] = capacity(sets[n].n_cells)
-        caps["w2_" + n] = capacity(min(sets[n].n_cells, w2_max_cells))
-        caps["knn_" + n] = capacity(2 * min(n_ref, sets[n].n_cells))
+    n_max = max(sets[n].n_cells for n in sets)
+    caps = {"pairs": capacity(n_max), "w2": capacity(min(n_max, w2_max_cells)),
+            "knn": capacity(2 * max(min(n_ref, sets[n].n_cells) for n in samples))}
     comparer = _Comparer(pcs["real"], caps, k=k, knn_repeats=knn_repeats, mmd_factors=mmd_factors,
                          w2_max_cells=w2_max_cells, relative_epsilon=relative_epsilon, unbiased=statistic == "u",
-                         min_cells=min_cells, key=k_cmp)
+                         min_cells=min_cells)
 
     rows = []
     for gi, group in enumerate([ALL, *groups]):
@@ -495,8 +490,8 @@ def evaluate(
             s = sets[n]
             srows = np.arange(s.n_cells) if group == ALL else np.flatnonzero(s.labels == group)
             counts[n] = len(srows)
-            gkey = jax.random.fold_in(jax.random.fold_in(k_cmp, gi), si)
-            vals, note = comparer.distribution(ref_rows, pcs[n], srows, n, gkey)
+            grng = np.random.default_rng([seed, gi, si])
+            vals, note = comparer.distribution(ref_rows, pcs[n], srows, grng)
             if note:
                 group_notes.append(f"{n}: {note}")
             if len(srows):
