@@ -26,7 +26,7 @@ from numpyro.distributions.distribution import Distribution
 from numpyro.distributions.util import promote_shapes
 
 from ._likelihoods import (
-    check_args,
+    _validate,
     nb_log_prob,
     nb_variance,
     sample_nb,
@@ -39,11 +39,8 @@ from ._types import Array, ArrayLike, PRNGKeyArray
 __all__ = ["NegativeBinomial", "ZeroInflatedNegativeBinomial"]
 
 
-def _concrete(*args) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in args)
-
-
 def _resolve_validate(validate_args) -> bool:
+    """numpyro's convention: ``None`` follows the global switch (``numpyro.enable_validation``)."""
     return Distribution._validate_args if validate_args is None else bool(validate_args)
 
 
@@ -69,8 +66,9 @@ class NegativeBinomial(Distribution):
     pytree_data_fields = ("mu", "theta")
 
     def __init__(self, mu: ArrayLike, theta: ArrayLike, validate_args: bool | None = None):
-        if _resolve_validate(validate_args) and _concrete(mu, theta):
-            check_args(type(self).__name__, mu=(mu, "mean"), theta=(theta, "positive"))
+        _validate(
+            _resolve_validate(validate_args), type(self).__name__, mu=(mu, "mean"), theta=(theta, "positive")
+        )
         self.mu, self.theta = promote_shapes(mu, theta)
         batch_shape = jax.lax.broadcast_shapes(jnp.shape(mu), jnp.shape(theta))
         super().__init__(batch_shape, validate_args=validate_args)
@@ -86,8 +84,7 @@ class NegativeBinomial(Distribution):
         Raises:
             ValueError: with validation on and concrete ``value``, for negative, non-integer or NaN counts.
         """
-        if self._validate_args and _concrete(value):
-            check_args(f"{type(self).__name__}.log_prob", value=(value, "counts"))
+        _validate(self._validate_args, f"{type(self).__name__}.log_prob", value=(value, "counts"))
         return nb_log_prob(value, self.mu, self.theta, validate_args=False)
 
     @property
@@ -125,13 +122,13 @@ class ZeroInflatedNegativeBinomial(Distribution):
     def __init__(
         self, mu: ArrayLike, theta: ArrayLike, zi_logits: ArrayLike, validate_args: bool | None = None
     ):
-        if _resolve_validate(validate_args) and _concrete(mu, theta, zi_logits):
-            check_args(
-                type(self).__name__,
-                mu=(mu, "mean"),
-                theta=(theta, "positive"),
-                zi_logits=(zi_logits, "real"),
-            )
+        _validate(
+            _resolve_validate(validate_args),
+            type(self).__name__,
+            mu=(mu, "mean"),
+            theta=(theta, "positive"),
+            zi_logits=(zi_logits, "real"),
+        )
         self.mu, self.theta, self.zi_logits = promote_shapes(mu, theta, zi_logits)
         batch_shape = jax.lax.broadcast_shapes(jnp.shape(mu), jnp.shape(theta), jnp.shape(zi_logits))
         super().__init__(batch_shape, validate_args=validate_args)
@@ -147,8 +144,7 @@ class ZeroInflatedNegativeBinomial(Distribution):
         Raises:
             ValueError: with validation on and concrete ``value``, for negative, non-integer or NaN counts.
         """
-        if self._validate_args and _concrete(value):
-            check_args(f"{type(self).__name__}.log_prob", value=(value, "counts"))
+        _validate(self._validate_args, f"{type(self).__name__}.log_prob", value=(value, "counts"))
         return zinb_log_prob(value, self.mu, self.theta, self.zi_logits, validate_args=False)
 
     @property

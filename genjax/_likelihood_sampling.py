@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._special import bd0_from_delta, stirlerr_count
+from ._special import _poly, bd0_from_delta, stirlerr_count
 
 __all__: list[str] = []  # private module
 
@@ -37,23 +37,15 @@ def _expm1_minus_x(w):
     for k in range(2, n_terms + 2):
         fact *= k
         coeffs.append(1.0 / fact)
-    series = w * w * _horner(w, coeffs)
+    series = w * w * _poly(w, coeffs)
     return jnp.where(jnp.abs(w) < 0.5, series, jnp.expm1(w) - w)
-
-
-def _horner(t, coeffs):
-    acc = jnp.full_like(t, coeffs[-1])
-    for c in reversed(coeffs[:-1]):
-        acc = acc * t + c
-    return acc
 
 
 def _symmetric_pair(keys, it, shape, dtype):
     """Two independent uniforms on (-1, 1) from one generator call (one threefry expansion in the loop body:
     compile time grows with every random call inside a while loop). ``keys`` are pre-split, one per iteration."""
-    u = jax.random.uniform(
-        keys[it], (2, *shape), dtype, minval=jnp.nextafter(-1.0, 0.0).astype(dtype), maxval=1.0
-    )
+    minval = jnp.nextafter(jnp.asarray(-1.0, dtype), jnp.asarray(0.0, dtype))
+    u = jax.random.uniform(keys[it], (2, *shape), dtype, minval=minval, maxval=1.0)
     return u[0], u[1]
 
 

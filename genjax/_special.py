@@ -25,13 +25,9 @@ Building blocks a fused training loss can use directly:
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 
 __all__: list[str] = []  # private module: nothing re-exported
-
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 # stirlerr(n) for n = 0..15 (n = 0 is a placeholder, never selected), from mpmath at 40 digits.
 _STIRLERR_TABLE = (
