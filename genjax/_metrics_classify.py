@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from ._metrics_core import capacity
 from ._types import Array, Float
 
 __all__ = ["LabelClassifier", "fit_label_classifier", "predict_labels"]
@@ -46,19 +47,20 @@ class LabelClassifier(NamedTuple):
     loss: Float[Array, ""]
 
 
-def _objective(params, a, y, l2):
+def _objective(params, a, y, w_rows, l2):
+    """Mean cross-entropy over the rows with weight 1 (padding rows have weight 0) + ridge penalty."""
     w, b = params
     logits = a @ w + b
-    ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
-    return ce + 0.5 * l2 * jnp.sum(w * w)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+    return jnp.sum(ce * w_rows) / jnp.sum(w_rows) + 0.5 * l2 * jnp.sum(w * w)
 
 
 @functools.partial(jax.jit, static_argnames=("n_classes",))
-def _value_and_grad(flat, a, y, l2, n_classes: int):
+def _value_and_grad(flat, a, y, w_rows, l2, n_classes: int):
     d = a.shape[1]
 
     def fun(flat):
-        return _objective((flat[: d * n_classes].reshape(d, n_classes), flat[d * n_classes:]), a, y, l2)
+        return _objective((flat[: d * n_classes].reshape(d, n_classes), flat[d * n_classes:]), a, y, w_rows, l2)
 
     return jax.value_and_grad(fun)(flat)
 
@@ -94,11 +96,17 @@ def fit_label_classifier(
     if len(classes) < 2:
         raise ValueError(f"the classifier needs at least 2 classes; got {list(classes)}")
     mean, scale = z.mean(0), np.maximum(z.std(0), 1e-6)
-    a = jnp.asarray((z - mean) / scale, jnp.float32)
-    yj, l2j, k, d = jnp.asarray(y, jnp.int32), jnp.asarray(l2, jnp.float32), len(classes), z.shape[1]
+    # rows padded to a power-of-two bucket with weight 0: sets of similar size share one compilation
+    n, d, k = z.shape[0], z.shape[1], len(classes)
+    cap = capacity(n)
+    a = np.zeros((cap, d), np.float32)
+    a[:n] = (z - mean) / scale
+    a, yj = jnp.asarray(a), jnp.asarray(np.pad(y, (0, cap - n)).astype(np.int32))
+    w_rows = jnp.asarray((np.arange(cap) < n).astype(np.float32))
+    l2j = jnp.asarray(l2, jnp.float32)
 
     def fun(flat):
-        value, grad = _value_and_grad(jnp.asarray(flat, jnp.float32), a, yj, l2j, k)
+        value, grad = _value_and_grad(jnp.asarray(flat, jnp.float32), a, yj, w_rows, l2j, k)
         return float(value), np.asarray(grad, np.float64)
 
     res = scipy.optimize.minimize(fun, np.zeros(d * k + k), jac=True, method="L-BFGS-B",

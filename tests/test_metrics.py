@@ -260,7 +260,8 @@ def test_label_classifier(rng):
     from genjax._metrics_classify import _value_and_grad
 
     value, grad = _value_and_grad(flat.astype(np.float32), a.astype(np.float32),
-                                  np.unique(labels, return_inverse=True)[1].astype(np.int32), np.float32(1e-2), 3)
+                                  np.unique(labels, return_inverse=True)[1].astype(np.int32), np.ones(180, np.float32),
+                                  np.float32(1e-2), 3)
     np.testing.assert_allclose(float(value), float(clf.loss), rtol=1e-5)
     assert np.abs(np.asarray(grad)).max() < 1e-3
     with pytest.raises(ValueError, match="at least 2 classes"):
@@ -292,7 +293,7 @@ def data():
     return {"real": sample(60, 50), "train": sample(70, 50), "gen": sample(60, 50), "swapped": sample(60, 50, True)}
 
 
-EV_KW = dict(n_components=5, knn_repeats=2)
+EV_KW = dict(n_components=3, knn_repeats=2)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +313,7 @@ def test_evaluate_table_structure(good):
     assert (row.n_real, row.n_generated, row.n_control) == (60, 60, 70)
     all_row = t[(t.condition == M.ALL) & (t.metric == "knn_accuracy")].iloc[0]
     assert (all_row.n_real, all_row.n_generated, all_row.n_control) == (110, 110, 120)
-    assert good.real.pcs.shape == (110, 5) and good.generated.pcs.shape == (110, 5)
+    assert good.real.pcs.shape == (110, 3) and good.generated.pcs.shape == (110, 3)
     wide = good.wide()
     assert list(wide.index) == [M.ALL, "A", "B"]
     assert wide[("energy_distance", "control")]["A"] == good.value("energy_distance", "A", "control")
