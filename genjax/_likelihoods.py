@@ -156,11 +156,12 @@ def _nb_parts(x, mu, theta, log_x_over_mu):
     r1 = tpm / tpx
     log_r1 = jnp.log(r1)
     # bd0(theta, theta (x + theta) / (theta + mu)); at x = 0 it also carries the whole zero-count log-pmf.
-    d1 = theta * (mu - x) / tpm
+    d1 = theta * ((mu - x) / tpm)  # (theta mu would overflow float32 for huge means)
     v1 = (mu - x) / (tpm + tpx)
     bd1 = bd0_from_delta(theta, d1, v1, log_r1)
-    # bd0(x, mu (x + theta) / (theta + mu)), whose a - b is -d1.
-    v2 = theta * (xm - mu) / (2.0 * xm * mu + theta * (xm + mu))
+    # bd0(x, b2) with b2 = mu (x + theta) / (theta + mu), whose a - b is -d1 (for x > 0). Written as
+    # mu * (tpx / tpm): XLA rewrites mu / (tpm / tpx) into (mu * tpx) / tpm, which overflows for huge means.
+    v2 = -d1 / (xm + mu * (tpx / tpm))
     bd2 = bd0_from_delta(xm, -d1, v2, log_x_over_mu(xm, r1))
     lp_pos = (
         stirlerr(tpx) - stirlerr(theta) - stirlerr_count(xm) - 0.5 * jnp.log(_TWO_PI * xm * tpx / theta) - bd2
@@ -172,8 +173,8 @@ def _nb_parts(x, mu, theta, log_x_over_mu):
 def _nb_grad_parts(x, mu, theta, parts):
     """``(mu * d/dmu, d/dtheta)`` of log NB, accurate in float32 (see the module docstring)."""
     _, tpm, v1, log_r1 = parts
-    g_log_mu = theta * (x - mu) / tpm
     u = (x - mu) / tpm
+    g_log_mu = theta * u
     g_theta = delta_digamma_log(x, theta) + log1pmx_from_w(-v1, -log_r1, u)
     return g_log_mu, g_theta
 
@@ -264,7 +265,8 @@ def nb_log_prob(x: ArrayLike, mu: ArrayLike, theta: ArrayLike, *, validate_args:
 
     Arguments:
         x: counts, non-negative integers in any numeric dtype; broadcastable with the parameters.
-        mu: mean, ``>= 0`` (``mu = 0`` gives log-pmf 0 at ``x = 0`` and ``-inf`` elsewhere).
+        mu: mean, ``>= 0`` (``mu = 0`` gives log-pmf 0 at ``x = 0`` and ``-inf`` elsewhere); float32 handles
+            means up to ~1e37.
         theta: inverse dispersion, ``> 0`` (variance ``mu + mu^2 / theta``).
         validate_args: check concrete inputs on the host (default); ignored under tracing.
 
@@ -301,7 +303,8 @@ def nb_log_prob_log(
 
     Arguments:
         x: counts, non-negative integers; broadcastable with the parameters.
-        log_mu: log of the mean, real (``-inf`` means ``mu = 0``).
+        log_mu: log of the mean, real (``-inf`` means ``mu = 0``), at most ~88 in float32 (``exp`` overflows
+            beyond and the result is NaN).
         log_theta: log of the inverse dispersion, finite.
         validate_args: check concrete inputs on the host (default); ignored under tracing.
 

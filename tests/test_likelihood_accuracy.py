@@ -2,9 +2,9 @@
 
 The grid is the one of issue 2 and ``benchmarks/likelihoods.py``: mu = 1e-6..1e6 and theta = 1e-4..1e8 (one point
 per decade), 12 counts in [0, 1e5], plus zi_logits in [-10, 10] for ZINB, plus seeded random points (near-Poisson
-counts close to mu, theta around the series cuts) and the two failures quoted in the issue. References are
-evaluated at the exact float32 inputs (for the log-parameterised functions: at ``exp`` of the float32 logs) and
-cached for the session. Criterion: ``|lp - exact| <= 1e-4 (1 + |exact|)`` in float32, ``1e-10 (1 + |exact|)`` in
+counts close to mu, theta around the series cuts), the two failures quoted in the issue and a few extreme points.
+References are evaluated at the exact float32 inputs (for the log-parameterised functions: at ``exp`` of the
+float32 logs) and cached for the session. Criterion: ``|lp - exact| <= 1e-4 (1 + |exact|)`` in float32, ``1e-10 (1 + |exact|)`` in
 float64, at every point.
 """
 
@@ -61,10 +61,21 @@ def _points():
     near = slice(40, 200)  # mu within a relative 1e-5..1 of the count: the deviance series regime
     mr[near] = cr[near] * (1 + 10 ** rng.uniform(-5, 0, 160) * rng.choice([-1, 1], 160))
     tr[200:300] = 10 ** rng.uniform(-1, 1.5, 100)  # around the shift / series cuts of stirlerr and phi
-    issue = np.array([[0, 0.5, 1e7], [7, 7, 1e8], [1e5, 1e5 + 300, 1e8], [1e4, 9990, 1e6], [1e5, 1e-6, 1e-4]])
-    c = np.concatenate([c, cr, issue[:, 0]])
-    m = np.concatenate([m, np.maximum(mr, 1e-6), issue[:, 1]])
-    t = np.concatenate([t, tr, issue[:, 2]])
+    # the issue's failures and near-Poisson neighbours; huge means (mu (x + theta) overflows float32: XLA rewrites
+    # mu / (a / b) as (mu b) / a, so the code must not depend on that division order)
+    targeted = np.array(
+        [
+            [0, 0.5, 1e7],
+            [7, 7, 1e8],
+            [1e5, 1e5 + 300, 1e8],
+            [1e4, 9990, 1e6],
+            [1e5, 1e-6, 1e-4],
+            [3, 1e30, 4.8e8],
+        ]
+    )
+    c = np.concatenate([c, cr, targeted[:, 0]])
+    m = np.concatenate([m, np.maximum(mr, 1e-6), targeted[:, 1]])
+    t = np.concatenate([t, tr, targeted[:, 2]])
     return c, m, t
 
 
