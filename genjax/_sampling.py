@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import lineax
 import numpy as np
 
-from ._sde import AbstractSDE, call_score
+from ._sde import AbstractSDE, _expand, call_score
 from ._types import Array, PRNGKeyArray
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "sample_predictor_corrector",
     "log_likelihood",
     "time_grid",
+    "ProbabilityFlow",
 ]
 
 _DEFAULT_MAX_STEPS = 4096
@@ -87,11 +88,6 @@ def _check_cond_leading(cond, n: int, name: str) -> None:
 
 def _one(tree):
     return jax.tree.map(lambda a: a[None], tree)
-
-
-def _score_one(score_fn, y: Array, t: Array, cond) -> Array:
-    """Score of one point ``y: (d,)`` at scalar ``t`` through the batched convention (batch of 1)."""
-    return call_score(score_fn, y[None], jnp.reshape(t, (1,)), None if cond is None else _one(cond))[0]
 
 
 def _evals_per_step(solver) -> tuple[int, int]:
@@ -184,7 +180,7 @@ def _reverse_terms(score_fn, sde: AbstractSDE, cond, brownian) -> diffrax.MultiT
 
     def drift(s, y, args):
         t = 1.0 - s
-        return -(sde.drift(y, t) - sde.diffusion(t) ** 2 * _score_one(score_fn, y, t, cond))
+        return -(sde.drift(y, t) - sde.diffusion(t) ** 2 * _field_one(score_fn, y, t, cond))
 
     def diffusion(s, y, args):
         return lineax.DiagonalLinearOperator(jnp.broadcast_to(sde.diffusion(1.0 - s), y.shape))
@@ -216,7 +212,7 @@ def _reverse_sde_impl(key, score_fn, sde, cond, n_steps, *, shape, solver, adapt
         solv = solver
         if pc is not None:
             snr, n_corrector = pc
-            solv = _PredictorCorrector(lambda s, y: _score_one(score_fn, y, 1.0 - s, c), snr, n_corrector)
+            solv = _PredictorCorrector(lambda s, y: _field_one(score_fn, y, 1.0 - s, c), snr, n_corrector)
         sol = diffrax.diffeqsolve(
             _reverse_terms(score_fn, sde, c, bm), solv, 0.0, s1, dt0, y1, args=key_pc,
             stepsize_controller=controller, max_steps=max_steps, saveat=diffrax.SaveAt(t1=True),
@@ -297,6 +293,7 @@ def sample_reverse_sde(
         raise ValueError(f"sample_reverse_sde: max_steps={max_steps} is below n_steps={n_steps}")
     if solver is None:
         solver = diffrax.ShARK() if adaptive else diffrax.Euler()
+    _evals_per_step(solver)  # raises early for solvers whose evaluations cannot be counted
     return _reverse_sde_impl(
         key, score_fn, sde, cond, jnp.asarray(n_steps, jnp.int32), shape=tuple(int(s) for s in shape),
         solver=solver, adaptive=bool(adaptive), rtol=rtol, atol=atol, t_min=float(t_min), denoise=bool(denoise),
@@ -405,36 +402,61 @@ def sample_predictor_corrector(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _pf_term(score_fn, sde: AbstractSDE, cond) -> diffrax.ODETerm:
-    def velocity(t, y, args):
-        return sde.drift(y, t) - 0.5 * sde.diffusion(t) ** 2 * _score_one(score_fn, y, t, cond)
+class ProbabilityFlow(eqx.Module):
+    """The probability-flow velocity ``v(x, t, cond) = f(t) x - g(t)^2 / 2 score(x, t, cond)`` as a batched
+    callable (``x: (n, d)``, ``t: (n,)`` -> ``(n, d)``), the vector field of :func:`sample_probability_flow_ode`
+    and :func:`log_likelihood`. A pytree: the parameters inside ``score_fn`` stay traced."""
 
-    return diffrax.ODETerm(velocity)
+    score_fn: Callable[..., Array]
+    sde: AbstractSDE
+
+    def __call__(self, x: Array, t: Array, cond: Any = None) -> Array:
+        g2 = self.sde.diffusion(t) ** 2
+        return self.sde.drift(x, t) - 0.5 * _expand(g2, x) * call_score(self.score_fn, x, t, cond)
+
+
+def _field_one(field, y: Array, t: Array, cond) -> Array:
+    """A batched field at one point ``y: (d,)`` and scalar ``t`` (a batch of one)."""
+    return call_score(field, y[None], jnp.reshape(t, (1,)), None if cond is None else _one(cond))[0]
+
+
+def _solve_ode_batch(field, prior, keys, cond, n_steps, ts, *, d, solver, rtol, atol, t0, t1, max_steps):
+    """Per-point solves of ``dx/dt = field(x, t, cond)`` from a ``prior`` draw at ``t0`` to ``t1`` (either
+    direction), vmapped over ``keys``; adaptive (PID) unless ``ts`` (grid) or ``n_steps`` (equal steps) is given.
+    Shared by the diffusion probability-flow sampler and velocity-field (flow-matching) samplers.
+
+    Returns:
+        ``(x, nfe)``: end points ``(n, d)`` and the slowest point's number of field evaluations.
+    """
+    mode = "grid" if ts is not None else "fixed" if n_steps is not None else "adaptive"
+
+    def solve_one(k, c):
+        y0 = prior.prior_sample(k, (d,))
+        if mode == "grid":
+            controller, dt0 = diffrax.StepTo(ts=ts), None
+        elif mode == "fixed":
+            controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / n_steps.astype(jnp.float32)
+        else:
+            # An explicit first step (what diffrax picks for time-reversed terms anyway) keeps nfe exact.
+            controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), 0.01 * (t1 - t0)
+        term = diffrax.ODETerm(lambda t, y, args: _field_one(field, y, t, c))
+        sol = diffrax.diffeqsolve(
+            term, solver, t0, t1, dt0, y0, stepsize_controller=controller, max_steps=max_steps,
+            saveat=diffrax.SaveAt(t1=True), adjoint=diffrax.ForwardMode(),
+        )
+        return sol.ys[-1], sol.stats
+
+    x, stats = jax.vmap(solve_one)(keys, cond)
+    return x, _nfe(stats, solver)
 
 
 @eqx.filter_jit
 def _pf_ode_impl(key, score_fn, sde, cond, n_steps, ts, *, shape, solver, rtol, atol, t_min, denoise, max_steps):
     n, d = shape
-    keys = jax.random.split(key, n)
-    mode = "grid" if ts is not None else "fixed" if n_steps is not None else "adaptive"
-
-    def solve_one(k, c):
-        y1 = sde.prior_sample(k, (d,))
-        if mode == "grid":
-            controller, dt0 = diffrax.StepTo(ts=ts), None
-        elif mode == "fixed":
-            controller, dt0 = diffrax.ConstantStepSize(), -(1.0 - t_min) / n_steps.astype(jnp.float32)
-        else:
-            # An explicit first step (as diffrax picks for wrapped terms anyway) keeps the evaluation count exact.
-            controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), -0.01
-        sol = diffrax.diffeqsolve(
-            _pf_term(score_fn, sde, c), solver, 1.0, t_min, dt0, y1, stepsize_controller=controller,
-            max_steps=max_steps, saveat=diffrax.SaveAt(t1=True), adjoint=diffrax.ForwardMode(),
-        )
-        return sol.ys[-1], sol.stats
-
-    x, stats = jax.vmap(solve_one)(keys, cond)
-    nfe = _nfe(stats, solver)
+    x, nfe = _solve_ode_batch(
+        ProbabilityFlow(score_fn, sde), sde, jax.random.split(key, n), cond, n_steps, ts, d=d, solver=solver,
+        rtol=rtol, atol=atol, t0=1.0, t1=t_min, max_steps=max_steps,
+    )
     if denoise:
         x = _denoise(score_fn, sde, x, t_min, cond)
         nfe = nfe + 1
@@ -499,6 +521,7 @@ def sample_probability_flow_ode(
         max_steps = _DEFAULT_MAX_STEPS
     if solver is None:
         solver = diffrax.Tsit5()
+    _evals_per_step(solver)
     return _pf_ode_impl(
         key, score_fn, sde, cond, n_steps, ts, shape=tuple(int(s) for s in shape), solver=solver, rtol=rtol,
         atol=atol, t_min=float(t_min), denoise=bool(denoise), max_steps=int(max_steps),
@@ -510,40 +533,47 @@ def sample_probability_flow_ode(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@eqx.filter_jit
-def _log_likelihood_impl(key, score_fn, sde, x, cond, divergence, solver, rtol, atol, t_min, max_steps):
-    n, d = x.shape
-    keys = jax.random.split(key, n)
+def _log_likelihood_batch(field, prior, x, keys, cond, *, divergence, solver, rtol, atol, t0, t1, max_steps):
+    """Instantaneous change of variables along ``dy/dt = field(y, t, cond)`` from ``x`` at ``t0`` to ``t1``:
+    ``log p_{t0}(x) = log prior(y(t1)) + int_{t0}^{t1} div field dt`` (Chen et al. 2018; Grathwohl et al. 2019),
+    per point, vmapped; the divergence is exact (``d`` JVPs) or Hutchinson with one Rademacher probe per point
+    held fixed for the whole solve (unbiased)."""
+    d = x.shape[-1]
 
     def solve_one(x0, k, c):
-        def velocity(t, y):
-            return sde.drift(y, t) - 0.5 * sde.diffusion(t) ** 2 * _score_one(score_fn, y, t, c)
-
+        v = lambda t, y: _field_one(field, y, t, c)
         if divergence == "exact":
 
-            def field(t, state, args):
+            def aug(t, state, args):
                 y, _ = state
-                v, jac = jax.linearize(lambda z: velocity(t, z), y)
-                div = jnp.trace(jax.vmap(jac)(jnp.eye(d, dtype=y.dtype)))
-                return v, div
+                out, jvp = jax.linearize(lambda z: v(t, z), y)
+                return out, jnp.trace(jax.vmap(jvp)(jnp.eye(d, dtype=y.dtype)))
 
         else:
             probe = jax.random.rademacher(k, (d,), dtype=x0.dtype)
 
-            def field(t, state, args):
+            def aug(t, state, args):
                 y, _ = state
-                v, jv = jax.jvp(lambda z: velocity(t, z), (y,), (probe,))
-                return v, jnp.dot(probe, jv)
+                out, jv = jax.jvp(lambda z: v(t, z), (y,), (probe,))
+                return out, jnp.dot(probe, jv)
 
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), solver, t_min, 1.0, None, (x0, jnp.zeros((), x0.dtype)),
+            diffrax.ODETerm(aug), solver, t0, t1, 0.01 * (t1 - t0), (x0, jnp.zeros((), x0.dtype)),
             stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
             saveat=diffrax.SaveAt(t1=True),
         )
         z1, delta = sol.ys[0][-1], sol.ys[1][-1]
-        return sde.prior_log_prob(z1) + delta
+        return prior.prior_log_prob(z1) + delta
 
     return jax.vmap(solve_one)(x, keys, cond)
+
+
+@eqx.filter_jit
+def _log_likelihood_impl(key, score_fn, sde, x, cond, divergence, solver, rtol, atol, t_min, max_steps):
+    return _log_likelihood_batch(
+        ProbabilityFlow(score_fn, sde), sde, x, jax.random.split(key, x.shape[0]), cond, divergence=divergence,
+        solver=solver, rtol=rtol, atol=atol, t0=t_min, t1=1.0, max_steps=max_steps,
+    )
 
 
 def log_likelihood(
