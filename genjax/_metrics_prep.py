@@ -224,6 +224,16 @@ def library_sizes(counts) -> np.ndarray:
     return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
 
 
+_CHUNK = 4096  # rows per chunk of the host-side passes over large count matrices
+
+
+def project_counts(pca: PCA, counts, target_sum: float = 1e4) -> np.ndarray:
+    """PC scores ``(cells, components)`` float32 of :func:`normalize_log1p` ``(counts)``, computed over row
+    chunks so the dense normalised matrix of a large set is never held whole."""
+    return np.concatenate([project(pca, normalize_log1p(counts[i:i + _CHUNK], target_sum))
+                           for i in range(0, counts.shape[0], _CHUNK)])
+
+
 def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
     """``log1p`` of counts normalised to ``target_sum`` total per cell (the scanpy ``normalize_total`` +
     ``log1p`` convention).
@@ -383,18 +393,24 @@ def gene_statistics(counts, target_sum: float = 1e4) -> dict[str, np.ndarray]:
     """
     size = library_sizes(counts)
     scale = np.where(size > 0, target_sum / np.where(size > 0, size, 1.0), 0.0)
-    n = counts.shape[0]
+    n, g = counts.shape
     if sp.issparse(counts):
         c = sp.csr_matrix(counts, dtype=np.float64)
         norm = c.multiply(scale[:, None]).tocsr()
         mean = np.asarray(norm.mean(axis=0)).ravel()
         var = np.asarray(norm.multiply(norm).mean(axis=0)).ravel() - mean**2
-        nonzero = np.bincount(c.indices[c.data != 0], minlength=c.shape[1])
+        nonzero = np.bincount(c.indices[c.data != 0], minlength=g)
     else:
-        c = np.asarray(counts, dtype=np.float64)
-        norm = c * scale[:, None]
-        mean, var = norm.mean(0), norm.var(0)
-        nonzero = (c != 0).sum(0)
+        # float64 sums over row chunks: no float64 copy of the whole matrix
+        total, total_sq, nonzero = np.zeros(g), np.zeros(g), np.zeros(g)
+        for start in range(0, n, _CHUNK):
+            c = np.asarray(counts[start:start + _CHUNK], dtype=np.float64)
+            norm = c * scale[start:start + _CHUNK, None]
+            total += norm.sum(0)
+            total_sq += (norm * norm).sum(0)
+            nonzero += (c != 0).sum(0)
+        mean = total / n
+        var = total_sq / n - mean**2
     return {
         "log_mean": np.log1p(mean),
         "log_var": np.log1p(np.maximum(var, 0.0)),

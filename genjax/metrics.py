@@ -66,6 +66,7 @@ from ._metrics_prep import (
     pca_transform,
     pearson,
     project,
+    project_counts,
 )
 
 __all__ = [
@@ -250,7 +251,7 @@ def _split_control(real: CountSet, fraction: float, rng: np.random.Generator) ->
     return np.sort(np.concatenate(ref)), np.sort(np.concatenate(ctl))
 
 
-def _summary(cs: CountSet, logn: np.ndarray, pcs: np.ndarray, target_sum: float, rng) -> SetSummary:
+def _summary(cs: CountSet, pcs: np.ndarray, target_sum: float, rng) -> SetSummary:
     rows = np.sort(rng.choice(cs.n_cells, min(cs.n_cells, _SAMPLE_CELLS), replace=False))
     counts = cs.counts[rows]
     counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
@@ -261,7 +262,7 @@ def _summary(cs: CountSet, logn: np.ndarray, pcs: np.ndarray, target_sum: float,
         gene_stats=gene_statistics(cs.counts, target_sum),
         library_size=library_sizes(cs.counts),
         count_values=counts.ravel().astype(np.float32),
-        log_values=logn[rows].ravel(),
+        log_values=normalize_log1p(counts, target_sum).ravel(),
     )
 
 
@@ -448,14 +449,14 @@ def evaluate(
     sets = {"real": ref_set, "generated": gen_set}
     if ctl_set is not None:
         sets["control"] = ctl_set
-    logs = {"real": ref_log} | {n: normalize_log1p(s.counts, target_sum) for n, s in sets.items() if n != "real"}
-    pcs = {n: project(pca, logs[n]) for n in sets}
+    pcs = {"real": project(pca, ref_log)}
+    del ref_log
+    pcs |= {n: project_counts(pca, s.counts, target_sum) for n, s in sets.items() if n != "real"}
     for n, s in sets.items():
         empty = int(np.sum(library_sizes(s.counts) == 0))
         if empty:
             notes.append(f"{empty} {n} cells have zero total counts (normalised to all zeros)")
-    summaries = {n: _summary(s, logs[n], pcs[n], target_sum, rng) for n, s in sets.items()}
-    del logs
+    summaries = {n: _summary(s, pcs[n], target_sum, rng) for n, s in sets.items()}
 
     # label classifier on the reference real cells
     classifier = None
