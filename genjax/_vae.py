@@ -41,6 +41,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._likelihoods import nb_log_prob_log, poisson_log_prob_log, sample_nb, sample_zinb, zinb_log_prob_log
 from ._types import Array, Params, PRNGKeyArray
@@ -48,6 +49,7 @@ from ._vae_fastnb import fast_count_log_lik
 
 __all__ = [
     "VAEModule",
+    "vae_init",
     "vae_encode",
     "vae_decode",
     "vae_prior",
@@ -71,6 +73,39 @@ gene and category of a condition (scvi-tools' ``gene-batch`` / ``gene-label``), 
 output)."""
 
 VAR_EPS = 1e-4  # scvi-tools adds this to the posterior variance
+
+
+# Randomness: every step draws its noise with ONE ``jax.random.bits`` call (threefry), split into standard
+# normals (inverse-CDF of 24-bit uniforms) and 16-bit dropout draws. Each separate threefry call costs about a
+# second of XLA compilation on CPU and ~10 ns per word at run time, so this keeps both small.
+
+
+def _drop_threshold(rate: float) -> int:
+    """Dropout drops a unit when its 16-bit draw is below this (rate quantised to 2^-16)."""
+    return int(round(rate * 65536))
+
+
+def _normal_from_bits(bits):
+    """Standard normals from uint32 draws: ``sqrt(2) erfinv(2u - 1)`` with ``u`` in (0, 1), 24-bit."""
+    u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+    return math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)
+
+
+def _dropout_units(module) -> int:
+    """Number of 16-bit dropout draws per cell a training-mode encoder needs."""
+    if module.dropout <= 0:
+        return 0
+    return module.n_layers * module.n_hidden * (2 if module.library == "latent" else 1)
+
+
+def _draw(key, n: int, n_normal: int, n_drop: int):
+    """``(normals (n, n_normal) float32, dropout draws (n, n_drop) uint32 in [0, 2^16))`` from one bits call."""
+    n_words = n_normal + (n_drop + 1) // 2
+    bits = jax.random.bits(key, (n, max(n_words, 1)), jnp.uint32)
+    normals = _normal_from_bits(bits[:, :n_normal])
+    halves = bits[:, n_normal:n_words]
+    drop = jnp.concatenate([halves & 0xFFFF, halves >> 16], axis=1)[:, :n_drop] if n_drop else None
+    return normals, drop
 
 
 class _Covariates(nn.Module):
@@ -107,7 +142,8 @@ class _MLP(nn.Module):
     inject_all_layers: bool
 
     @nn.compact
-    def __call__(self, h, cat, cont, deterministic: bool):
+    def __call__(self, h, cat, cont, drop_bits=None):
+        """``drop_bits``: uint16-valued draws (cells, n_layers * n_hidden) for dropout, or ``None`` (no dropout)."""
         has_cov = bool(self.n_categories) or self.n_continuous > 0
         for i in range(self.n_layers):
             fan_in = h.shape[-1] + sum(self.n_categories) + self.n_continuous
@@ -118,8 +154,9 @@ class _MLP(nn.Module):
             if self.norm == "layer":
                 y = nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name=f"norm_{i}")(y)
             y = nn.relu(y)
-            if self.dropout > 0:
-                y = nn.Dropout(self.dropout, deterministic=deterministic)(y)
+            if self.dropout > 0 and drop_bits is not None:
+                bits = drop_bits[:, i * self.n_hidden:(i + 1) * self.n_hidden]
+                y = jnp.where(bits >= _drop_threshold(self.dropout), y / (1.0 - self.dropout), 0.0)
             h = y
         return h
 
@@ -219,15 +256,17 @@ class VAEModule(nn.Module):
     def _input(self, x):
         return x if self.likelihood == "gaussian" else jnp.log1p(x)
 
-    def encode(self, x, cat=None, cont=None, deterministic: bool = True) -> dict[str, Array]:
+    def encode(self, x, cat=None, cont=None, drop_bits=None) -> dict[str, Array]:
         """Posterior parameters: ``z_mean``, ``z_var`` (cells, latent) and for a latent library ``l_mean``,
-        ``l_var`` (cells,). ``x`` is counts (log1p is applied here) or Gaussian data."""
+        ``l_var`` (cells,). ``x`` is counts (log1p is applied here) or Gaussian data. ``drop_bits``
+        (cells, :func:`_dropout_units`) of 16-bit draws turns dropout on (training); ``None``: deterministic."""
         cat, cont = self._cov(x, cat, cont)
         h_in = self._input(x)
-        h = self.z_encoder(h_in, cat, cont, deterministic)
+        n_z = self.n_layers * self.n_hidden
+        h = self.z_encoder(h_in, cat, cont, None if drop_bits is None else drop_bits[:, :n_z])
         out = {"z_mean": self.z_mean(h), "z_var": jnp.exp(self.z_logvar(h)) + VAR_EPS}
         if self.library == "latent":
-            hl = self.l_encoder(h_in, cat, cont, deterministic)
+            hl = self.l_encoder(h_in, cat, cont, None if drop_bits is None else drop_bits[:, n_z:])
             out["l_mean"] = self.l_mean(hl)[:, 0]
             out["l_var"] = jnp.exp(self.l_logvar(hl))[:, 0] + VAR_EPS
         return out
@@ -240,7 +279,7 @@ class VAEModule(nn.Module):
         (ZINB), ``mean`` and ``log_var`` (Gaussian). ``log_theta`` / ``log_var`` broadcast against (cells, genes).
         """
         cat, cont = self._cov(z, cat, cont)
-        h = self.decoder(z, cat, cont, True)
+        h = self.decoder(z, cat, cont, None)
         raw = self.head_mean(h)
         out = {}
         if self.likelihood == "gaussian":
@@ -295,13 +334,80 @@ class VAEModule(nn.Module):
             cont = jnp.zeros((n, self.n_continuous), jnp.float32)
         return cat, cont
 
-    def __call__(self, batch, deterministic: bool = True):
+    def __call__(self, batch):
         """Encode and decode the posterior mean (used by ``init``)."""
-        enc = self.encode(batch["x"], batch.get("cat"), batch.get("cont"), deterministic)
+        enc = self.encode(batch["x"], batch.get("cat"), batch.get("cont"))
         log_lib = batch["log_lib"] if self.library == "observed" else enc["l_mean"]
         out = self.decode(enc["z_mean"], log_lib, batch.get("cat"), batch.get("cont"))
         _ = self.prior(batch.get("cat"), batch.get("cont"), n=batch["x"].shape[0])
         return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# initialisation on the host
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _dummy_batch(module: VAEModule, n: int = 2) -> dict:
+    b = {"x": jnp.ones((n, module.n_genes)), "log_lib": jnp.zeros((n,))}
+    if module.n_categories:
+        b["cat"] = jnp.zeros((n, len(module.n_categories)), jnp.int32)
+    if module.n_continuous:
+        b["cont"] = jnp.zeros((n, module.n_continuous))
+    return b
+
+
+def _truncated_normal(rng, shape, std):
+    """N(0, std^2 / 0.8796^2) truncated to +-2 std-units, variance std^2 (flax's lecun_normal)."""
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * (std / 0.87962566103423978)
+
+
+def vae_init(module: VAEModule, seed: int = 0) -> Params:
+    """Initial parameters of ``module``, drawn on the host with numpy (seeded), no XLA compilation.
+
+    Distributions (those the module declares for ``module.init``): Dense kernels lecun-normal (truncated normal,
+    variance ``1 / fan_in``), biases 0; condition embeddings N(0, 1 / fan_in) of their layer (as the one-hot
+    linear layer they stand for); NB / ZINB log-dispersion N(0, 1) (scvi-tools), Gaussian log variance 0;
+    conditional-prior parameters 0 (the prior starts at N(0, I)). ``jax.jit(module.init)`` gives the same
+    distributions but costs seconds of compilation per model on CPU.
+
+    Returns:
+        The ``params`` pytree (float32 ``jax`` arrays).
+    """
+    abstract = jax.eval_shape(module.init, jax.random.key(0), _dummy_batch(module))["params"]
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf, tree):
+        names = [getattr(p, "key", str(p)) for p in path]
+        name = names[-1]
+        shape = leaf.shape
+        cov_at = next((i for i, n_ in enumerate(names) if n_.startswith("cov_")), None)
+        if name == "bias" or names[0].startswith("prior_"):
+            value = np.zeros(shape)
+        elif cov_at is not None:  # covariate embeddings / weights: N(0, 1 / fan_in of their layer)
+            parent = tree
+            for n_ in names[:cov_at]:
+                parent = parent[n_]
+            cov = parent[names[cov_at]]
+            layer = names[cov_at].split("_")[-1]
+            fan_in = parent[f"dense_{layer}"]["kernel"].shape[0] + sum(
+                v["embedding"].shape[0] for k, v in cov.items() if k.startswith("cat_"))
+            fan_in += cov["cont"]["kernel"].shape[0] if "cont" in cov else 0
+            value = rng.normal(0.0, 1.0 / math.sqrt(fan_in), shape)
+        elif name == "kernel":
+            value = _truncated_normal(rng, shape, 1.0 / math.sqrt(shape[0]))
+        elif name == "log_disp":
+            value = np.zeros(shape) if module.likelihood == "gaussian" else rng.normal(0.0, 1.0, shape)
+        else:  # a parameter this function does not know: refuse rather than guess
+            raise NotImplementedError(f"vae_init has no rule for parameter {'/'.join(names)}")
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(lambda p, x: fill(p, x, abstract), abstract)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -314,8 +420,10 @@ def vae_encode(module: VAEModule, params: Params, x, cat=None, cont=None, *, key
 
     With ``key`` the encoder runs in training mode (dropout on); without, deterministically.
     """
-    rngs = {"dropout": key} if key is not None else {}
-    return module.apply({"params": params}, x, cat, cont, key is None, method="encode", rngs=rngs)
+    drop = None
+    if key is not None and _dropout_units(module):
+        drop = _draw(key, x.shape[0], 0, _dropout_units(module))[1]
+    return module.apply({"params": params}, x, cat, cont, drop, method="encode")
 
 
 def vae_decode(module: VAEModule, params: Params, z, log_lib, cat=None, cont=None) -> dict[str, Array]:
@@ -336,7 +444,8 @@ def vae_sample_counts(key: PRNGKeyArray, module: VAEModule, out: dict[str, Array
     """
     lik = module.likelihood
     if lik == "gaussian":
-        return out["mean"] + jnp.exp(0.5 * out["log_var"]) * jax.random.normal(key, out["mean"].shape)
+        n, g = out["mean"].shape
+        return out["mean"] + jnp.exp(0.5 * out["log_var"]) * _draw(key, n, g, 0)[0]
     mu = jnp.exp(out["log_mu"])
     if lik == "poisson":
         return jax.random.poisson(key, mu).astype(jnp.float32)
@@ -392,14 +501,15 @@ def vae_elbo_terms(module: VAEModule, params: Params, batch: dict[str, Array], k
         ``{"rec": log p(x | z, l), "kl_z": KL(q(z|x,c) || p(z|c)), "kl_l": KL(q(l|x) || p(l))}``, each (cells,);
         ``kl_l`` is zero for an observed library. ``ELBO = rec - kl_z - kl_l``.
     """
-    key_drop, key_z, key_l = jax.random.split(key, 3)
     cat, cont = batch.get("cat"), batch.get("cont")
     v = {"params": params}
-    enc = module.apply(v, batch["x"], cat, cont, deterministic, method="encode", rngs={"dropout": key_drop})
-    z = enc["z_mean"] + jnp.sqrt(enc["z_var"]) * jax.random.normal(key_z, enc["z_mean"].shape)
     n = batch["x"].shape[0]
-    if module.library == "latent":
-        log_lib = enc["l_mean"] + jnp.sqrt(enc["l_var"]) * jax.random.normal(key_l, enc["l_mean"].shape)
+    latent_lib = module.library == "latent"
+    eps, drop = _draw(key, n, module.n_latent + latent_lib, 0 if deterministic else _dropout_units(module))
+    enc = module.apply(v, batch["x"], cat, cont, drop, method="encode")
+    z = enc["z_mean"] + jnp.sqrt(enc["z_var"]) * eps[:, : module.n_latent]
+    if latent_lib:
+        log_lib = enc["l_mean"] + jnp.sqrt(enc["l_var"]) * eps[:, -1]
         lm, lv = module.apply(v, cat, n, method="library_prior_params")
         kl_l = _gauss_kl(enc["l_mean"][:, None], enc["l_var"][:, None], lm[:, None], lv[:, None])
     else:
@@ -468,19 +578,20 @@ def vae_iwae_log_likelihood(module: VAEModule, params: Params, batch: dict[str, 
     cat, cont = batch.get("cat"), batch.get("cont")
     v = {"params": params}
     n = batch["x"].shape[0]
-    enc = module.apply(v, batch["x"], cat, cont, True, method="encode")
+    enc = module.apply(v, batch["x"], cat, cont, method="encode")
     pm, pv = module.apply(v, cat, cont, n, method="prior")
     if module.library == "latent":
         lm, lv = module.apply(v, cat, n, method="library_prior_params")
 
+    latent_lib = module.library == "latent"
+
     def one(k):
-        key_z, key_l = jax.random.split(k)
-        eps = jax.random.normal(key_z, enc["z_mean"].shape)
-        z = enc["z_mean"] + jnp.sqrt(enc["z_var"]) * eps
+        eps = _draw(k, n, module.n_latent + latent_lib, 0)[0]
+        z = enc["z_mean"] + jnp.sqrt(enc["z_var"]) * eps[:, : module.n_latent]
         log_w = (jnp.sum(_gauss_log_prob(z, pm, pv), -1)
                  - jnp.sum(_gauss_log_prob(z, enc["z_mean"], enc["z_var"]), -1))
-        if module.library == "latent":
-            l_ = enc["l_mean"] + jnp.sqrt(enc["l_var"]) * jax.random.normal(key_l, enc["l_mean"].shape)
+        if latent_lib:
+            l_ = enc["l_mean"] + jnp.sqrt(enc["l_var"]) * eps[:, -1]
             log_w = log_w + _gauss_log_prob(l_, lm, lv) - _gauss_log_prob(l_, enc["l_mean"], enc["l_var"])
         else:
             l_ = batch["log_lib"]

@@ -37,11 +37,14 @@ from ._vae import (
     VAE_DISPERSIONS,
     VAE_LIKELIHOODS,
     VAEModule,
+    _draw,
+    _dummy_batch,
     make_vae_eval_loss,
     make_vae_loss,
     vae_decode,
     vae_elbo_terms,
     vae_encode,
+    vae_init,
     vae_iwae_log_likelihood,
     vae_prior,
     vae_sample_counts,
@@ -50,6 +53,7 @@ from ._vae import (
 __all__ = ["VAE", "VAEFunctions"]
 
 _FORMAT = "genjax.VAE/1"
+_JIT_CACHE: dict = {}  # (VAEModule, name) -> jitted inference function
 
 
 class VAEFunctions(NamedTuple):
@@ -158,7 +162,7 @@ class VAE:
         data = self._prepare(adata, registry, options, training=True)
         self._setup(options, registry, _library_prior(options, registry, data), data)
         self.adata = adata
-        self.params = self.module.init(jax.random.key(options["seed"]), _init_batch(data))["params"]
+        self.params = vae_init(self.module, options["seed"])
         self.history: list[dict] = []
         # what generate() samples conditions, covariates and library sizes from (training cells)
         self._train_cat, self._train_cont, self._train_log_lib = data.cat, data.cont, data.log_lib
@@ -190,7 +194,6 @@ class VAE:
             conditional_prior=options["conditional_prior"],
         )
         self._data = data
-        self._jit_cache: dict = {}
 
     @staticmethod
     def _prepare(adata, registry: DataRegistry, options: dict, *, training: bool = False) -> CountData:
@@ -344,19 +347,27 @@ class VAE:
     # -- inference helpers -----------------------------------------------------------------------------------
 
     def _jit(self, name, fn):
-        if name not in self._jit_cache:
-            self._jit_cache[name] = jax.jit(fn)
-        return self._jit_cache[name]
+        """``jax.jit(fn)``, cached per (module, name): models with equal modules (e.g. a saved and a loaded one)
+        share compilations. ``fn`` must depend only on the module and on what ``name`` spells out."""
+        key = (self.module, name)
+        if key not in _JIT_CACHE:
+            if len(_JIT_CACHE) >= 256:
+                _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+            _JIT_CACHE[key] = jax.jit(fn)
+        return _JIT_CACHE[key]
 
-    def _map(self, fn, data: CountData, batch_size: int, key=None) -> list:
-        """Apply jitted ``fn(params, batch, key)`` over the cells in fixed-size (padded) batches."""
+    def _map(self, fn, data: CountData, batch_size: int, key=None, extra=None) -> list:
+        """Apply jitted ``fn(params, batch, key)`` over the cells in batches of one fixed size (the last one is
+        padded, so each function compiles once); ``extra(rows)`` adds fields to a batch. ``fn``'s outputs have
+        the cells axis first; the per-batch outputs are returned as numpy."""
+        size = batch_size  # also for fewer cells: one compilation serves every data set
         outs = []
-        for i, (rows, b) in enumerate(data.iter_batches(batch_size)):
+        for i, (rows, b) in enumerate(data.iter_batches(size)):
+            if extra is not None:
+                b = dict(b, **extra(rows))
             m = len(rows)
-            if m < batch_size and data.n > batch_size:
-                b = {k: np.concatenate([v, np.repeat(v[:1] * 0, batch_size - m, axis=0)]) for k, v in b.items()}
             k = jax.random.fold_in(key, i) if key is not None else jax.random.key(0)
-            out = fn(self.params, b, k)
+            out = fn(self.params, _pad_rows(b, size), k)
             outs.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out))
         return outs
 
@@ -375,40 +386,42 @@ class VAE:
         mean = np.concatenate([o["z_mean"] for o in outs])
         return (mean, np.concatenate([o["z_var"] for o in outs])) if give_var else mean
 
-    def _decode_at(self, data: CountData, batch_size: int, n_samples: int, seed: int, new_codes=None,
-                   what: str = "scale"):
-        """Decoder outputs at the posterior (mean if ``n_samples == 0``, else averaged over draws)."""
+    def _decode_at(self, data: CountData, batch_size: int, n_draws: int, sample_z: bool, seed: int,
+                   new_codes=None, what: str = "scale"):
+        """Decode each cell's posterior ``n_draws`` times: at the posterior mean of ``z`` or, with ``sample_z``,
+        at draws from it; under its own conditions or ``new_codes`` (-1: keep). ``what="scale"`` returns the
+        normalised expression (draws, cells, genes); ``"predict"`` the expected and the sampled counts
+        (draws, cells, 2, genes). One compilation per ``(what, n_draws)`` serves every other setting."""
         m = self.module
         lib_latent = self.options["library"] == "latent"
 
         def fn(params, b, key):
             cat, cont = b.get("cat"), b.get("cont")
             enc = vae_encode(m, params, b["x"], cat, cont)
-            dcat = cat if new_codes is None else jnp.where(b["new_cat"] >= 0, b["new_cat"], cat)
+            dcat = jnp.where(b["new_cat"] >= 0, b["new_cat"], cat) if cat is not None else None
             log_lib = enc["l_mean"] if lib_latent else b["log_lib"]
 
             def one(k):
-                z = enc["z_mean"]
-                if n_samples:
-                    z = z + jnp.sqrt(enc["z_var"]) * jax.random.normal(k, z.shape)
+                key_z, key_x = jax.random.split(k)
+                eps = _draw(key_z, enc["z_mean"].shape[0], m.n_latent, 0)[0]
+                z = enc["z_mean"] + b["z_noise"][:, None] * jnp.sqrt(enc["z_var"]) * eps
                 out = vae_decode(m, params, z, log_lib, dcat, cont)
                 if what == "scale":
                     return jnp.exp(out["log_scale"]) if "log_scale" in out else out["mean"]
-                if what == "mean":
-                    return _expected(m, out)
-                return vae_sample_counts(k, m, out)
+                return jnp.stack([_expected(m, out), vae_sample_counts(key_x, m, out)], axis=1)
 
-            keys = jax.random.split(key, max(n_samples, 1))
-            return jax.lax.map(one, keys)
+            keys = jax.random.split(key, n_draws)
+            return jnp.swapaxes(jax.lax.map(one, keys), 0, 1)  # cells first
 
-        name = f"decode-{what}-{n_samples}-{new_codes is not None}"
-        f = self._jit(name, fn)
-        outs = []
-        for i, (rows, b) in enumerate(data.iter_batches(batch_size)):
-            if new_codes is not None:
-                b = dict(b, new_cat=new_codes[rows])
-            outs.append(np.asarray(f(self.params, b, jax.random.fold_in(jax.random.key(seed), i))))
-        return np.concatenate(outs, axis=1)  # (draws, cells, genes)
+        n_cond = len(self.registry.conditions)
+        codes = np.full((data.n, n_cond), -1, np.int32) if new_codes is None else new_codes
+        noise = np.full(data.n, 1.0 if sample_z else 0.0, np.float32)
+
+        def extra(rows):
+            return {"new_cat": codes[rows], "z_noise": noise[rows]}
+
+        outs = self._map(self._jit(f"decode-{what}-{n_draws}", fn), data, batch_size, jax.random.key(seed), extra)
+        return np.swapaxes(np.concatenate(outs, axis=0), 0, 1)  # draws first
 
     def normalized_expression(self, adata=None, *, library_size: float = 1.0, n_samples: int = 0,
                               seed: int = 0, batch_size: int = 256, **conditions) -> np.ndarray:
@@ -426,7 +439,7 @@ class VAE:
         """
         data = self._data_for(adata)
         new = self._new_codes(data.n, conditions)
-        out = self._decode_at(data, batch_size, n_samples, seed, new, "scale").mean(axis=0)
+        out = self._decode_at(data, batch_size, max(n_samples, 1), n_samples > 0, seed, new, "scale").mean(axis=0)
         return out * library_size if self.options["likelihood"] != "gaussian" else out
 
     def posterior_predictive(self, adata=None, *, n_samples: int = 1, seed: int = 0,
@@ -438,7 +451,7 @@ class VAE:
         """
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        return self._decode_at(self._data_for(adata), batch_size, n_samples, seed, None, "sample")
+        return self._decode_at(self._data_for(adata), batch_size, n_samples, True, seed, None, "predict")[:, :, 1]
 
     def _new_codes(self, n: int, conditions: dict):
         if not conditions:
@@ -465,8 +478,8 @@ class VAE:
         adata = self.adata if adata is None else adata
         data = self._data_for(adata)
         new = self._new_codes(data.n, new_conditions)
-        mean = self._decode_at(data, batch_size, 0, seed, new, "mean")[0]
-        counts = self._decode_at(data, batch_size, 0, seed, new, "sample")[0]
+        both = self._decode_at(data, batch_size, 1, False, seed, new, "predict")[0]  # (cells, 2, genes)
+        mean, counts = both[:, 0], both[:, 1]
         obs = adata.obs.copy()
         for key, value in new_conditions.items():
             obs[key] = _categorical(np.full(data.n, str(value), dtype=object), self.registry.conditions[key])
@@ -524,26 +537,28 @@ class VAE:
         lib_latent = self.options["library"] == "latent" and library_size is None
 
         def fn(params, b, key):
-            key_z, key_l, key_x = jax.random.split(key, 3)
+            key_noise, key_x = jax.random.split(key)
             nb = b["cat"].shape[0]
             pm, pv = vae_prior(m, params, b["cat"], b["cont"], nb)
-            z = pm + jnp.sqrt(pv) * jax.random.normal(key_z, pm.shape)
+            eps = _draw(key_noise, nb, m.n_latent + 1, 0)[0]
+            z = pm + jnp.sqrt(pv) * eps[:, : m.n_latent]
             log_l = b["log_lib"]
             if lib_latent:
                 lm, lv = m.apply({"params": params}, b["cat"], nb, method="library_prior_params")
-                log_l = lm + jnp.sqrt(lv) * jax.random.normal(key_l, lm.shape)
+                log_l = lm + jnp.sqrt(lv) * eps[:, -1]
             out = vae_decode(m, params, z, log_l, b["cat"], b["cont"])
             return vae_sample_counts(key_x, m, out), log_l
 
         f = self._jit(f"generate-{lib_latent}", fn)
         xs, libs = [], []
         key = jax.random.key(seed)
-        for i, start in enumerate(range(0, n, batch_size)):
-            sl = slice(start, min(n, start + batch_size))
-            x, ll = f(self.params, {"cat": cat[sl], "cont": cont[sl], "log_lib": log_lib[sl]},
-                      jax.random.fold_in(key, i))
-            xs.append(np.asarray(x))
-            libs.append(np.asarray(ll))
+        size = min(batch_size, n)
+        for i, start in enumerate(range(0, n, size)):
+            sl = slice(start, min(n, start + size))
+            b = _pad_rows({"cat": cat[sl], "cont": cont[sl], "log_lib": log_lib[sl]}, size)
+            x, ll = f(self.params, b, jax.random.fold_in(key, i))
+            xs.append(np.asarray(x)[: sl.stop - start])
+            libs.append(np.asarray(ll)[: sl.stop - start])
         obs = pd.DataFrame(index=[f"gen_{i}" for i in range(n)])
         for j, (key_, cats) in enumerate(self.registry.conditions.items()):
             obs[key_] = _categorical(np.asarray(cats, dtype=object)[cat[:, j]], cats)
@@ -608,12 +623,13 @@ class VAE:
         registry = DataRegistry.from_dict(meta["registry"])
         library_prior = tuple(tuple(float(x) for x in v) for v in meta["library_prior"])
         self._setup(meta["options"], registry, library_prior, None)
-        like = self.module.init(jax.random.key(0), _dummy_batch(self.module))["params"]
+        like = jax.eval_shape(self.module.init, jax.random.key(0), _dummy_batch(self.module))["params"]
         self.params = jax.tree.map(jnp.asarray, load_pytree(path / "params.msgpack", like))
         stats = load_pytree(path / "train_cells.msgpack")
-        self._train_cat = np.asarray(stats["cat"], np.int32).reshape(-1, len(registry.conditions))
-        self._train_cont = np.asarray(stats["cont"], np.float32).reshape(-1, len(registry.continuous))
         self._train_log_lib = np.asarray(stats["log_lib"], np.float32)
+        n_train = len(self._train_log_lib)
+        self._train_cat = np.asarray(stats["cat"], np.int32).reshape(n_train, len(registry.conditions))
+        self._train_cont = np.asarray(stats["cont"], np.float32).reshape(n_train, len(registry.continuous))
         self.history = meta["history"]
         self.adata = adata
         if adata is not None:
@@ -671,17 +687,14 @@ def _library_prior(options, registry: DataRegistry, data: CountData):
     return tuple(means), tuple(varis)
 
 
-def _init_batch(data: CountData) -> dict:
-    return jax.tree.map(jnp.asarray, data.batch(np.arange(min(2, data.n))))
-
-
-def _dummy_batch(module: VAEModule) -> dict:
-    b = {"x": jnp.ones((2, module.n_genes)), "log_lib": jnp.zeros((2,))}
-    if module.n_categories:
-        b["cat"] = jnp.zeros((2, len(module.n_categories)), jnp.int32)
-    if module.n_continuous:
-        b["cont"] = jnp.zeros((2, module.n_continuous))
-    return b
+def _pad_rows(batch: dict, size: int) -> dict:
+    """Pad every array's leading (cells) axis to ``size`` by repeating the first row."""
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        m = v.shape[0]
+        out[k] = v if m == size else np.concatenate([v, np.repeat(v[:1], size - m, axis=0)])
+    return out
 
 
 def _iwae_fn(module, n_samples, params, batch, key):
