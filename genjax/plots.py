@@ -21,11 +21,14 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from .metrics import ALL, METRICS, Evaluation, SetSummary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "training_curves",
@@ -62,6 +65,13 @@ def save_figure(fig: Figure, path, *, dpi: int = 110) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _new_figure(**kwargs) -> Figure:
+    # matplotlib is imported on first use, so `import genjax` stays light
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def _umask() -> int:
@@ -149,7 +159,7 @@ def training_curves(
             raise ValueError(f"keys {missing} not in history{f' {name!r}' if name else ''}; available: {list(series)}")
         panels += [(name, k, x, xlabel, series[k]) for k in wanted]
     rows, cols = _grid(len(panels), 4)
-    fig = Figure(figsize=(3.6 * cols, 2.8 * rows), layout="constrained")
+    fig = _new_figure(figsize=(3.6 * cols, 2.8 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, (name, key, x, xlabel, parts) in zip(axes, panels, strict=False):
         for part, color in (("train", REAL_COLOR), ("val", GENERATED_COLOR)):
@@ -243,7 +253,7 @@ def embedding(
     coords, (xl, yl) = _coords(ev, method, seed)
     rng = np.random.default_rng(seed)
     conditional = ev.real.labels is not None
-    fig = Figure(figsize=(5.2 * (3 if conditional else 1), 4.6), layout="constrained")
+    fig = _new_figure(figsize=(5.2 * (3 if conditional else 1), 4.6), layout="constrained")
     axes = fig.subplots(1, 3 if conditional else 1, squeeze=False, sharex=True, sharey=True).ravel()
     ax = axes[0]
     for name, color in (("real", REAL_COLOR), ("generated", GENERATED_COLOR)):
@@ -303,7 +313,7 @@ def gene_statistics(evaluation: Evaluation, *, path=None) -> Figure:
         The figure with three axes titled by statistic.
     """
     ev = _check_evaluation(evaluation)
-    fig = Figure(figsize=(13.5, 4.4), layout="constrained")
+    fig = _new_figure(figsize=(13.5, 4.4), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, (stat, label) in zip(axes, _STATS, strict=True):
         _stat_scatter(ax, ev, stat, label)
@@ -331,7 +341,7 @@ def condition_panels(evaluation: Evaluation, *, max_points: int = 2000, seed: in
         raise ValueError("the evaluation has no per-condition breakdown (evaluate(..., condition_key=...))")
     rng = np.random.default_rng(seed)
     rows, cols = _grid(len(conds), 4)
-    fig = Figure(figsize=(3.8 * cols, 3.5 * rows), layout="constrained")
+    fig = _new_figure(figsize=(3.8 * cols, 3.5 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
     real, gen = ev.real.pcs, ev.generated.pcs
     bg = _subsample(len(real), max_points, rng)
@@ -373,7 +383,7 @@ def condition_metrics(
         raise ValueError(f"unknown metrics {unknown}; known: {list(METRICS)}")
     groups = [ALL, *ev.conditions]
     rows, cols = _grid(len(present), 2)
-    fig = Figure(figsize=(6.0 * cols, 0.35 * len(groups) * rows + 1.6 * rows), layout="constrained")
+    fig = _new_figure(figsize=(6.0 * cols, 0.35 * len(groups) * rows + 1.6 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     y = np.arange(len(groups))
     for ax, m in zip(axes, present, strict=False):
@@ -423,7 +433,7 @@ def evaluation_panel(evaluation: Evaluation, *, max_points: int = 5000, seed: in
         "gene variance (log1p)", "zero fraction", "PCA".
     """
     ev = _check_evaluation(evaluation)
-    fig = Figure(figsize=(15, 9), layout="constrained")
+    fig = _new_figure(figsize=(15, 9), layout="constrained")
     axes = fig.subplots(2, 3)
     _hist(axes[0, 0], (ev.real, ev.generated), "count_values", integer=True, xlabel="count per gene and cell")
     axes[0, 0].set_title("count distribution")
