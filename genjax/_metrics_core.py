@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial.distance import pdist
 
-from ._types import Array, Float, PRNGKeyArray
+from ._types import Array, Float, Points, PRNGKeyArray
 
 __all__ = [
     "energy_distance",
@@ -57,9 +57,6 @@ BLOCK = 256
 
 MMD_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Default multipliers of the median pairwise distance that give the RBF bandwidths of :func:`mmd_rbf`."""
-
-Points = Float[Array, "n dim"]
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # buffers and tiles
@@ -433,8 +430,9 @@ def sinkhorn(
     tol: float = 1e-3,
 ) -> SinkhornOutput:
     """Entropic optimal transport between uniform measures on ``x`` and ``y``, cost ``|x - y|^2``, solved by
-    log-domain Sinkhorn iterations (Peyre & Cuturi 2019, Remark 4.23). Up to about 2900 x 2900 points the cost
-    matrix is formed once (:data:`DENSE_SINKHORN`); beyond, every iteration recomputes 256 x 256 tiles (memory
+    log-domain Sinkhorn iterations (Peyre & Cuturi 2019, Remark 4.23). While the padded sizes multiply to at
+    most :data:`DENSE_SINKHORN` (e.g. 2048 x 4096) the cost matrix is formed once; beyond, every iteration
+    recomputes 256 x 256 tiles (memory
     ``O(n + m)`` plus one tile).
 
     Arguments:
