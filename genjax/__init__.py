@@ -5,7 +5,7 @@ Layers (lower never imports higher): likelihoods -> nn blocks -> models (vae, sd
 here by name; the private modules hold one concept each.
 """
 
-from . import datasets, nn
+from . import datasets, metrics, nn, plots, report
 from ._checkpoint import *  # noqa: F403
 from ._data import *  # noqa: F403
 from ._distributed import *  # noqa: F403

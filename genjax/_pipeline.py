@@ -102,6 +102,7 @@ class LatentGenerator:
                            layer=layer, seed=seed, **self.options["vae_kwargs"])
         self.prior_model: PriorModel | None = None
         self._shift = self._scale = None  # standardisation of the prior's space
+        self._log1p_max = None  # largest training value of the log1p space (generation clips there)
         self.history: dict[str, list] = {}
 
     # ----------------------------------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class LatentGenerator:
                          **(vae_fit_kwargs or {}))
             self.history["vae"] = list(self.vae.history)
         points = self.prior_data()
+        self._log1p_max = float(points.max()) if self.options["space"] == "log1p" else None
         self._shift = points.mean(axis=0).astype(np.float32)
         self._scale = (points.std(axis=0) + 1e-6).astype(np.float32)
         z = (points - self._shift) / self._scale
@@ -274,7 +276,9 @@ class LatentGenerator:
         if self.options["space"] == "latent":
             counts = self._decode(z, log_lib, cat, key_x, batch_size)
         else:
-            scaled = np.clip(np.expm1(z), 0.0, None) * (np.exp(log_lib)[:, None] / self.options["target_sum"])
+            # clip to the training range before expm1: an unconverged prior must not produce inf counts
+            z = np.clip(z, 0.0, self._log1p_max)
+            scaled = np.expm1(z) * (np.exp(log_lib)[:, None] / self.options["target_sum"])
             counts = np.round(scaled).astype(np.float32)
         obs = pd.DataFrame({k: pd.Categorical.from_codes(cat[:, i], categories=list(cats))
                             for i, (k, cats) in enumerate(self.registry.conditions.items())})
@@ -309,7 +313,7 @@ class LatentGenerator:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True")
         meta = {"format": _FORMAT, "options": self.options, "registry": self.registry.to_dict(),
-                "shift": self._shift.tolist(), "scale": self._scale.tolist(),
+                "shift": self._shift.tolist(), "scale": self._scale.tolist(), "log1p_max": self._log1p_max,
                 "prior": self.prior_model.config(), "history": self.history}
         with atomic_directory(path) as tmp:
             if self.vae is not None:
@@ -337,6 +341,7 @@ class LatentGenerator:
         self._cat = np.asarray(stats["cat"], np.int32).reshape(len(self._log_lib), len(self.registry.conditions))
         self._shift = np.asarray(meta["shift"], np.float32)
         self._scale = np.asarray(meta["scale"], np.float32)
+        self._log1p_max = meta["log1p_max"]
         self.vae = VAE.load(path / "vae") if (path / "vae").is_dir() else None
         self.prior_model = load_prior(meta["prior"], path / "prior.msgpack")
         self.history = meta["history"]

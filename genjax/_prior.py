@@ -9,8 +9,10 @@ settings, the SDE settings and the parameters. :func:`fit_prior` trains one thro
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
@@ -21,7 +23,7 @@ from ._sampling import sample_probability_flow_ode, sample_reverse_sde
 from ._score import ScoreFunction, fit_score_model
 from ._sde import VESDE, VPSDE, SubVPSDE
 
-__all__ = ["PriorModel", "fit_prior", "sample_prior", "load_prior"]
+__all__ = ["PriorModel", "GuidedField", "fit_prior", "sample_prior", "load_prior"]
 
 _SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -48,20 +50,21 @@ class PriorModel:
 
     @property
     def module(self) -> gnn.FieldNet:
-        kw = dict(self.net)
-        kw["num_classes"] = tuple(kw.get("num_classes", ()))
-        return gnn.FieldNet(**kw)
+        return _field_net(**{**self.net, "num_classes": tuple(self.net.get("num_classes", ()))})
 
     def make_sde(self):
         kw = dict(self.sde)
         return _SDES[kw.pop("type")](**kw)
 
     def field(self):
-        """The batched field ``f(x, t, cond=None) -> (n, d)``: the score (diffusion) or the velocity (flow)."""
+        """The batched field ``f(x, t, cond=None) -> (n, d)``: the score (diffusion) or the velocity (flow).
+
+        A pytree whose only leaves are the parameters, so jitted samplers reuse their compilation across calls
+        and across generators with the same settings.
+        """
         if self.kind == "diffusion":
             return ScoreFunction(self.module.apply, self.params, self.make_sde(), self.parameterisation)
-        module, params = self.module, self.params
-        return lambda x, t, cond=None: module.apply(params, x, t, cond)
+        return VelocityField(self.module.apply, self.params)
 
     def config(self) -> dict:
         """JSON-serialisable settings (everything but the parameters)."""
@@ -120,32 +123,56 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
     return prior, res.fit.history
 
 
-def _guided(field, guidance, n_attributes: int):
-    """Classifier-free guidance: ``f_null + sum_i w_i (f_{c_i} - f_null)``, where ``f_{c_i}`` sees attribute
-    ``i`` only (compositional guidance); with one weight for all attributes it is ``f_null + w (f_c - f_null)``.
-    """
-    if isinstance(guidance, (int, float)):
-        weights = None
-        w_all = float(guidance)
-    else:
-        weights = jnp.asarray(guidance, jnp.float32)
-        if weights.shape != (n_attributes,):
-            raise ValueError(f"guidance needs one weight per attribute ({n_attributes}); got {guidance}")
+@functools.cache
+def _field_net(**kwargs) -> gnn.FieldNet:
+    # one module instance per configuration: its bound ``apply`` is then the same static object for every
+    # PriorModel with these settings, and jitted samplers do not recompile for a reloaded model
+    return gnn.FieldNet(**kwargs)
 
-    def guided(x, t, cond=None):
+
+class VelocityField(eqx.Module):
+    """A velocity network as a batched field ``v(x, t, cond=None) -> (n, d)`` (a pytree over its parameters)."""
+
+    apply_fn: Any = eqx.field(static=True)
+    params: Any
+
+    def __call__(self, x, t, cond=None):
+        return self.apply_fn(self.params, x, t, cond)
+
+
+class GuidedField(eqx.Module):
+    """Classifier-free guidance of a conditional field (Ho & Salimans 2022), a pytree usable by every sampler.
+
+    ``f_null + w (f_c - f_null)`` with one weight, or the compositional form
+    ``f_null + sum_i w_i (f_{c_i} - f_null)`` where ``f_{c_i}`` sees attribute ``i`` only (the others null).
+    ``w = 0`` is the unconditional field, ``w = 1`` the plain conditional one, ``w > 1`` sharpens.
+    """
+
+    field: Any
+    weights: Any  # float32 scalar (one weight) or (n_attributes,) (compositional)
+    compositional: bool = eqx.field(static=True)
+
+    def __call__(self, x, t, cond=None):
         if cond is None or cond.labels is None:
-            return field(x, t, cond)
+            return self.field(x, t, cond)
         null = gnn.null_condition(cond)
-        f_null = field(x, t, null)
-        if weights is None:
-            return f_null + w_all * (field(x, t, cond) - f_null)
+        f_null = self.field(x, t, null)
+        if not self.compositional:
+            return f_null + self.weights * (self.field(x, t, cond) - f_null)
         out = f_null
-        for i in range(n_attributes):
+        for i in range(cond.labels.shape[1]):
             only_i = cond._replace(labels=null.labels.at[:, i].set(cond.labels[:, i]))
-            out = out + weights[i] * (field(x, t, only_i) - f_null)
+            out = out + self.weights[i] * (self.field(x, t, only_i) - f_null)
         return out
 
-    return guided
+
+def _guided(field, guidance, n_attributes: int) -> GuidedField:
+    if isinstance(guidance, (int, float)):
+        return GuidedField(field, jnp.asarray(guidance, jnp.float32), False)
+    weights = jnp.asarray(guidance, jnp.float32)
+    if weights.shape != (n_attributes,):
+        raise ValueError(f"guidance needs one weight per attribute ({n_attributes}); got {guidance}")
+    return GuidedField(field, weights, True)
 
 
 def sample_prior(prior: PriorModel, key, n: int, *, cond: gnn.Condition | None = None, guidance=None,

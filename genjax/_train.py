@@ -101,7 +101,10 @@ class TrainConfig:
         steps_per_dispatch: optimizer steps fused into one jitted ``lax.scan`` dispatch.
         early_stopping: stop when the monitored loss has not improved by ``min_delta`` for ``patience`` epochs.
         patience, min_delta: early-stopping settings (scvi-tools defaults: 45 epochs, 0.0).
-        ema_decay: if set, keep an exponential moving average of the parameters with this decay.
+        ema_decay: if set, keep an exponential moving average of the parameters with this decay, warmed up as
+            ``min(ema_decay, (1 + step) / (10 + step))`` so that early averages are not dominated by the
+            initialisation (with a fixed 0.999 the weight of the initial parameters is still 0.37 after 1000
+            steps).
         eval_every: validate every this many epochs (the last epoch is always validated).
         checkpoint_every: with a checkpoint directory, save every this many epochs (and at the end); a saved
             epoch whose monitored loss is the best so far also becomes the ``best/`` checkpoint.
@@ -165,7 +168,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     Arguments:
         loss_fn: ``loss_fn(params, batch, key, step) -> (loss, aux)`` with a scalar loss to minimise.
         optimizer: optax transformation (its ``update`` receives the params, for weight decay).
-        ema_decay: EMA decay; the state must have been created with ``ema=True``.
+        ema_decay: EMA decay (warmed up as ``min(ema_decay, (1 + s) / (10 + s))`` at step ``s``); the state must
+            have been created with ``ema=True``.
         axis_name: when the step runs under ``pmap`` / ``shard_map`` over this axis, the per-device key is
             ``fold_in(step_key, axis_index)`` and gradients, loss and aux are averaged with ``lax.pmean``.
 
@@ -185,7 +189,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
         if ema_decay is not None:
-            ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+            s = state.step.astype(jnp.float32)
+            decay = jnp.minimum(ema_decay, (1.0 + s) / (10.0 + s))
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return TrainState(state.step + 1, params, opt_state, ema, state.key), metrics
 
     return step
