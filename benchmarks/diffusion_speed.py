@@ -10,7 +10,7 @@ Measured here:
   * training ms/step at batch 128 (the ``genjax.fit`` machinery: ``make_train_step`` + ``make_chunk_runner``, a
     jitted ``lax.scan`` over ``--steps-per-dispatch`` steps), GFLOP/s at batch 1024 against the peak;
   * sampling 1000 points: reverse-SDE Euler-Maruyama with 500 steps vs the probability-flow ODE (adaptive Tsit5,
-    fixed-step Heun on the EDM grid), with the energy distance to held-out data (3 seeds) to compare quality; the
+    fixed-step Heun on the EDM grid), with the energy distance to held-out data (``--seeds`` draws) to compare quality; the
     fastest sampler whose energy distance matches 500-step EM within noise is the headline.
 
 Data: a 32-d mixture of 8 anisotropic Gaussians standing in for VAE latents (5000 train, 1000 held out, 1000 more
@@ -137,6 +137,36 @@ def train_step_time(model, x_train, batch: int, k: int, repeats: int) -> tuple[f
     return t / k, flops
 
 
+def step_breakdown(model, x_train, batch: int, repeats: int, k: int = 50) -> dict[str, float]:
+    """ms per call, inside a jitted scan of ``k`` calls, of the pieces of a training step: the network forward,
+    the loss value-and-gradient, and the optimizer update alone (clip + Adam on the parameter pytree)."""
+    sde = genjax.VPSDE()
+    params = jax.jit(model.init)(jax.random.key(0), x_train[:1], jnp.ones((1,)))
+    loss_fn = genjax.make_dsm_loss(model, sde)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    xb = jnp.asarray(x_train[:batch])
+    t = jnp.linspace(0.01, 1.0, batch)
+
+    def scan(body, carry):
+        return jax.jit(lambda c: jax.lax.scan(lambda c, i: (body(c, i), None), c, jnp.arange(k))[0])
+
+    fwd = lambda p, i: jax.tree.map(lambda a: a + 1e-12 * model.apply(p, xb, t)[0, 0], p)
+    grad = lambda p, i: jax.tree.map(lambda a, g: a - 1e-9 * g, p,
+                                     jax.grad(lambda p: loss_fn(p, xb, jax.random.key(0), i)[0])(p))
+
+    def update(c, i):
+        p, o = c
+        u, o = optimizer.update(p, o, p)
+        return optax.apply_updates(p, jax.tree.map(lambda a: 1e-9 * a, u)), o
+
+    out = {}
+    for name, body, carry in [("forward", fwd, params), ("loss_and_grad", grad, params),
+                              ("optimizer_update", update, (params, optimizer.init(params)))]:
+        f = scan(body, carry)
+        out[name] = best_time(lambda f=f, carry=carry: f(carry), repeats) / k * 1e3
+    return out
+
+
 def forward_time(model, params, n: int, repeats: int) -> float:
     x = jax.random.normal(jax.random.key(0), (n, DIM))
     t = jnp.linspace(0.01, 1.0, n)
@@ -152,14 +182,16 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps-per-dispatch", type=int, default=50)
     p.add_argument("--train-steps", type=int, default=4000, help="steps to train the model used for sampling")
+    p.add_argument("--seeds", type=int, default=5, help="sampling seeds for the energy distance")
     p.add_argument("--quick", action="store_true", help="fewer steps everywhere (smoke test)")
     p.add_argument("--json", type=str, default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.quick:
-        a.train_steps, a.repeats = 200, 2
+        a.train_steps, a.repeats, a.seeds = 200, 2, 2
     res: dict = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": platform.machine(),
                  "cpus": os.cpu_count(), "jax": jax.__version__, "diffrax": diffrax.__version__,
-                 "command": " ".join([sys.executable.split("/")[-1]] + sys.argv)}
+                 "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+                 "loadavg_start": os.getloadavg()}
     peers = []
 
     def peer_once():
@@ -196,6 +228,10 @@ def main(argv=None):
               f"({6 * macs * b / sec / 1e9 / peak:.0%} of peak; XLA counts {xla_flops / 1e9:.3f} GFLOP/step)",
               flush=True)
 
+    res["train_breakdown_ms_b128"] = step_breakdown(peer_net, x_train, BATCH, a.repeats)
+    print("[profile] batch 128, peer architecture, ms per call: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in res["train_breakdown_ms_b128"].items()), flush=True)
+
     # ---- a trained model for sampling ---------------------------------------------------------------------------
     sde = genjax.VPSDE()
     t0 = time.perf_counter()
@@ -221,11 +257,10 @@ def main(argv=None):
         "em_100": lambda k: genjax.sample_reverse_sde(k, score_fn, sde, shape, 100),
         "pf_tsit5_rtol1e-3": lambda k: genjax.sample_probability_flow_ode(k, score_fn, sde, shape, 1e-3, 1e-3),
         "pf_tsit5_rtol1e-2": lambda k: genjax.sample_probability_flow_ode(k, score_fn, sde, shape, 1e-2, 1e-2),
-        "pf_heun_edm_24": lambda k: genjax.sample_probability_flow_ode(k, score_fn, sde, shape, solver=diffrax.Heun(), ts=grid(24)),
-        "pf_heun_edm_16": lambda k: genjax.sample_probability_flow_ode(k, score_fn, sde, shape, solver=diffrax.Heun(), ts=grid(16)),
-        "pf_heun_edm_12": lambda k: genjax.sample_probability_flow_ode(k, score_fn, sde, shape, solver=diffrax.Heun(), ts=grid(12)),
-        "pf_heun_edm_8": lambda k: genjax.sample_probability_flow_ode(k, score_fn, sde, shape, solver=diffrax.Heun(), ts=grid(8)),
     }
+    for m in (24, 16, 12, 8, 6):
+        methods[f"pf_heun_edm_{m}"] = lambda k, m=m: genjax.sample_probability_flow_ode(
+            k, score_fn, sde, shape, solver=diffrax.Heun(), ts=grid(m))
     res["ed_real_vs_real"] = float(energy_distance(jnp.asarray(x_ref), jnp.asarray(x_test)))
     print(f"[quality] energy distance real vs real (1000 vs 1000): {res['ed_real_vs_real']:.4f}")
     sampling = {}
@@ -234,7 +269,7 @@ def main(argv=None):
         jax.block_until_ready(fn(jax.random.key(0)))
         first = time.perf_counter() - t0
         eds, nfe = [], None
-        for seed in range(3):
+        for seed in range(a.seeds):
             x, nfe = fn(jax.random.key(100 + seed))
             eds.append(float(energy_distance(x, jnp.asarray(x_test))))
         sec = best_time(lambda fn=fn: fn(jax.random.key(7)), max(2, a.repeats // 2))
@@ -280,6 +315,8 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     res["table"] = table
+    res["loadavg_end"] = os.getloadavg()
+    print(f"load average at start {res['loadavg_start']}, at end {res['loadavg_end']} (2 cores)")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(res, indent=2))
     return res

@@ -1,8 +1,9 @@
 """Score networks, output parameterisations and denoising score matching (Song et al. 2021; Vincent 2011).
 
 A network ``F(x_t, t, cond)`` is trained to predict one of five equivalent targets. With ``x_t = alpha x0 +
-sigma eps`` (see :mod:`genjax._sde`), each target is ``p(t) x_t + q(t) eps`` for the exact posterior mean of
-``eps`` given ``x_t``, so every pair converts through ``eps = (out - p x_t) / q``:
+sigma eps`` (see :mod:`genjax._sde`), each target is linear in the noise, ``p(t) x_t + q(t) eps``, so a network's
+prediction of any of them is ``p x_t + q eps_hat`` for one noise estimate ``eps_hat``, and every pair converts
+through ``eps_hat = (out - p x_t) / q`` (the conversions divide by ``sigma``: use ``t > 0``):
 
 ============  =========================================  ==========  ===========================
 name          target                                     p(t)        q(t)
@@ -10,8 +11,8 @@ name          target                                     p(t)        q(t)
 ``score``     ``grad log p_t(x_t) = -eps / sigma``       0           ``-1 / sigma``
 ``eps``       noise ``eps`` (DDPM)                       0           1
 ``x0``        clean data ``x0``                          1/alpha     ``-sigma / alpha``
-``v``         ``alpha eps - sigma x0`` (Salimans & Ho    -sigma/a    ``(alpha^2 + sigma^2)/a``
-              2022, "v-prediction")
+``v``         ``alpha eps - sigma x0`` (Salimans & Ho    -sigma /    ``(alpha^2 + sigma^2) /
+              2022, "v-prediction")                      alpha       alpha``
 ``velocity``  probability-flow velocity ``dx_t/dt =      f           ``g^2 / (2 sigma)``
               alpha' x0 + sigma' eps`` (the flow-
               matching target; equals ``f x - g^2/2
@@ -357,8 +358,9 @@ def fit_score_model(
         parameterisation, weighting, reduction, time_sampling, importance_sampling, t_min, cond_dropout:
             see :func:`make_dsm_loss`.
         optimizer: optax optimizer (default: ``fit``'s).
-        config: a :class:`genjax.TrainConfig`; ``config_overrides`` (e.g. ``max_steps=2000``,
-            ``ema_decay=0.999``, ``batch_size=256``) are passed to ``fit``.
+        config: a :class:`genjax.TrainConfig`; ``config_overrides`` are passed to :func:`genjax.fit`: its
+            config fields (``max_steps=2000``, ``ema_decay=0.999``, ``batch_size=256``, ...) and keywords
+            (``checkpoint_dir``, ``resume``, ``devices``, ``description``).
         seed: seed of the parameter initialisation and the training loop.
         val_x, val_cond: optional validation data.
 
