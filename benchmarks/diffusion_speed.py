@@ -182,7 +182,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps-per-dispatch", type=int, default=50)
     p.add_argument("--train-steps", type=int, default=4000, help="steps to train the model used for sampling")
-    p.add_argument("--seeds", type=int, default=5, help="sampling seeds for the energy distance")
+    p.add_argument("--seeds", type=int, default=8, help="sampling seeds for the energy distance")
     p.add_argument("--quick", action="store_true", help="fewer steps everywhere (smoke test)")
     p.add_argument("--json", type=str, default=None, help="write the results here")
     a = p.parse_args(argv)
