@@ -23,6 +23,8 @@ The batch layout (a dict of arrays with a leading ``cells`` axis) is the contrac
 ``nz_idx``   (cells, K) int32 and ``nz_val`` (cells, K) float32: the non-zero entries of each row (gene index and
              count), padded with index 0 / count 0 to the data set's largest number of non-zeros per row ``K``
              (the fast NB / ZINB losses evaluate the count-only special functions on these entries only)
+``nzl_idx``, ``nzl_val``: the same for the entries above a threshold only (the fast NB / ZINB losses with
+             gene-wise dispersion handle small counts with a per-gene table)
 
 Every field is indexed by rows only, so the same layout works for on-device gathering, host fetching, ``pmap``
 sharding and streaming from disk.
@@ -408,9 +410,13 @@ def _continuous_values(col, key, obs_names) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _ell(block, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-zeros of each row of a dense / CSR block padded to ``k``: (gene index int32, value float32)."""
+def _ell(block, k: int, above: float = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Entries ``> above`` of each row of a dense / CSR block padded to ``k``: (gene index int32, value float32)."""
     csr = block if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+    if above > 0:
+        csr = csr.multiply(csr > above).tocsr()
+    else:
+        csr = csr.copy()
     csr.eliminate_zeros()
     n = csr.shape[0]
     nnz = np.diff(csr.indptr)
@@ -437,13 +443,14 @@ class CountData:
         cat: (cells, n_conditions) int32 codes; cont: (cells, n_continuous) float32.
         gene_order: column indices (from :meth:`DataRegistry.gene_order`) or ``None``.
         sparse_fields: also provide ``lfact`` (for the fast count losses).
-        nonzeros: also provide ``nz_idx`` / ``nz_val`` (for the fast NB / ZINB losses).
+        nonzeros: also provide the padded lists of entries ``> nonzeros``: ``nz_idx`` / ``nz_val`` for 0 (all
+            non-zeros), ``nzl_idx`` / ``nzl_val`` for a positive threshold. ``None``: neither.
 
     The matrix is only referenced, never densified whole unless it is dense already.
     """
 
     def __init__(self, X, log_lib, cat, cont, *, gene_order=None, sparse_fields: bool = False,
-                 nonzeros: bool = False):
+                 nonzeros: int | None = None):
         self.X = X
         self.n = X.shape[0]
         self.gene_order = gene_order
@@ -454,7 +461,7 @@ class CountData:
         self.nonzeros = nonzeros
         self.lfact = None
         self.k = 0
-        if sparse_fields or nonzeros:
+        if sparse_fields or nonzeros is not None:
             self.lfact = np.empty(self.n, np.float32)
             nnz_max = 0
             for start, block in _row_chunks(X):
@@ -463,8 +470,8 @@ class CountData:
                 rows = np.repeat(np.arange(csr.shape[0]), nnz)
                 self.lfact[start:start + csr.shape[0]] = np.bincount(
                     rows, weights=gammaln(np.asarray(csr.data, np.float64) + 1.0), minlength=csr.shape[0])
-                nnz_max = max(nnz_max, int((csr.data != 0).sum() and np.bincount(
-                    rows[csr.data != 0], minlength=csr.shape[0]).max()))
+                listed = csr.data > (nonzeros or 0)
+                nnz_max = max(nnz_max, int(listed.sum() and np.bincount(rows[listed], minlength=csr.shape[0]).max()))
             self.k = max(nnz_max, 1)
 
     @property
@@ -484,8 +491,9 @@ class CountData:
             out["cont"] = self.cont[rows]
         if self.sparse_fields:
             out["lfact"] = self.lfact[rows]
-        if self.nonzeros:
-            out["nz_idx"], out["nz_val"] = _ell(block, self.k)
+        if self.nonzeros is not None:
+            prefix = "nz" if self.nonzeros == 0 else "nzl"
+            out[f"{prefix}_idx"], out[f"{prefix}_val"] = _ell(block, self.k, self.nonzeros)
         return out
 
     def batch(self, rows) -> dict[str, np.ndarray]:

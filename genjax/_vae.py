@@ -468,7 +468,7 @@ def vae_reconstruction_log_lik(module: VAEModule, out: dict[str, Array], batch: 
     """``log p(x | z, l)`` per cell (cells,) from decoder outputs ``out`` and the batch.
 
     Uses the public likelihoods of :mod:`genjax._likelihoods`; when the batch carries ``lfact`` (and for NB /
-    ZINB the non-zeros ``nz_idx``, ``nz_val``) the count log-likelihood is computed by the fused loss of
+    ZINB the non-zeros ``nz_*`` or the large counts ``nzl_*``) the count log-likelihood is computed by the fused loss of
     :mod:`genjax._vae_fastnb` instead, which evaluates the count-only special functions on non-zeros only (same
     value to float32 accuracy).
     """
@@ -476,7 +476,7 @@ def vae_reconstruction_log_lik(module: VAEModule, out: dict[str, Array], batch: 
     lik = module.likelihood
     if lik == "gaussian":
         return jnp.sum(_gauss_log_prob(x, out["mean"], jnp.exp(out["log_var"])), axis=-1)
-    if "lfact" in batch and (lik == "poisson" or "nz_idx" in batch):
+    if "lfact" in batch and (lik == "poisson" or "nz_idx" in batch or "nzl_idx" in batch):
         return fast_count_log_lik(lik, x, out, batch)
     if lik == "nb":
         lp = nb_log_prob_log(x, out["log_mu"], out["log_theta"], validate_args=False)

@@ -49,6 +49,7 @@ from ._vae import (
     vae_prior,
     vae_sample_counts,
 )
+from ._vae_fastnb import SMALL
 
 __all__ = ["VAE", "VAEFunctions"]
 
@@ -223,8 +224,10 @@ class VAE:
         else:
             log_lib = np.zeros(X.shape[0])
         fast = counts and options["fast_loss"]
-        return CountData(X, log_lib, cat, cont, gene_order=order, sparse_fields=fast,
-                         nonzeros=fast and options["likelihood"] != "poisson")
+        nonzeros = None
+        if fast and options["likelihood"] != "poisson":  # gene-wise theta: only counts above the table's range
+            nonzeros = SMALL if options["dispersion"] == "gene" else 0
+        return CountData(X, log_lib, cat, cont, gene_order=order, sparse_fields=fast, nonzeros=nonzeros)
 
     def _data_for(self, adata) -> CountData:
         if adata is None:

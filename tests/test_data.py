@@ -136,9 +136,15 @@ def test_ell_and_lfact_reconstruct_the_rows(rng):
     np.add.at(back, (np.repeat(np.arange(25), k), idx.ravel()), val.ravel())
     np.testing.assert_array_equal(back, x)
     data = CountData(sp.csr_matrix(x), np.log(x.sum(1)), np.zeros((25, 0)), np.zeros((25, 0)),
-                     sparse_fields=True, nonzeros=True)
+                     sparse_fields=True, nonzeros=0)
     assert data.k == k
     np.testing.assert_allclose(data.lfact, gammaln(x.astype(np.float64) + 1).sum(1), rtol=1e-6)
+    big = CountData(sp.csr_matrix(x), np.log(x.sum(1)), np.zeros((25, 0)), np.zeros((25, 0)), nonzeros=2)
+    b = big.batch(np.arange(25))
+    assert big.k == max(1, int((x > 2).sum(1).max())) and "nz_idx" not in b
+    back = np.zeros_like(x)
+    np.add.at(back, (np.repeat(np.arange(25), big.k), b["nzl_idx"].ravel()), b["nzl_val"].ravel())
+    np.testing.assert_array_equal(back, np.where(x > 2, x, 0))
 
 
 def test_dense_csr_and_backed_sources_give_identical_batches(rng, tmp_path):
@@ -146,12 +152,12 @@ def test_dense_csr_and_backed_sources_give_identical_batches(rng, tmp_path):
     x = adata.X.toarray()
     cat = rng.integers(0, 3, (30, 1)).astype(np.int32)
     args = (np.log(x.sum(1)), cat, np.zeros((30, 0)))
-    dense = CountData(x, *args, sparse_fields=True, nonzeros=True)
-    csr = CountData(adata.X, *args, sparse_fields=True, nonzeros=True)
+    dense = CountData(x, *args, sparse_fields=True, nonzeros=0)
+    csr = CountData(adata.X, *args, sparse_fields=True, nonzeros=0)
     path = tmp_path / "a.h5ad"
     adata.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
-    disk = CountData(genjax.get_matrix(backed), *args, sparse_fields=True, nonzeros=True)
+    disk = CountData(genjax.get_matrix(backed), *args, sparse_fields=True, nonzeros=0)
     rows = np.array([12, 3, 29, 0, 7])
     src_dense = dense.source()
     assert isinstance(src_dense, dict) and not dense.host

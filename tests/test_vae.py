@@ -16,7 +16,7 @@ from scipy.special import gammaln
 import genjax
 from genjax._data import _ell
 from genjax._vae import _gauss_kl
-from genjax._vae_fastnb import fast_count_log_lik
+from genjax._vae_fastnb import SMALL, fast_count_log_lik
 
 # -- the fused loss is the public log-pmf ----------------------------------------------------------------------
 
@@ -27,16 +27,23 @@ def test_fused_count_loss_equals_public_log_prob(rng, likelihood):
     x = rng.negative_binomial(1, 0.3, (b, g)).astype(np.float32) * (rng.random((b, g)) < 0.5)
     x[:, 0] += 3
     x[0, 1] = 4000.0  # a large count
+    x[1, :10] = np.arange(10)  # every small count of the table route
     idx, val = _ell(x, int((x > 0).sum(1).max()))
+    big_idx, big_val = _ell(x, int((x > SMALL).sum(1).max()), SMALL)
     batch = {"x": jnp.asarray(x), "lfact": jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32),
              "nz_idx": jnp.asarray(idx), "nz_val": jnp.asarray(val)}
+    table_batch = {"x": batch["x"], "lfact": batch["lfact"], "nzl_idx": jnp.asarray(big_idx),
+                   "nzl_val": jnp.asarray(big_val)}
     log_mu = jnp.asarray(rng.normal(0.5, 2.0, (b, g)), jnp.float32)
     log_theta = jnp.asarray(rng.uniform(-4, 12, (g,)), jnp.float32)  # theta from 0.02 to 1.6e5
     zi = jnp.asarray(rng.normal(0, 1.5, (b, g)), jnp.float32)
     w = jnp.asarray(rng.normal(size=b), jnp.float32)  # a random cotangent per cell
 
-    def fused(lm, lt, z):
-        return fast_count_log_lik(likelihood, batch["x"], {"log_mu": lm, "log_theta": lt, "zi_logits": z}, batch)
+    def fused(lm, lt, z, b=batch):
+        return fast_count_log_lik(likelihood, b["x"], {"log_mu": lm, "log_theta": lt, "zi_logits": z}, b)
+
+    def fused_table(lm, lt, z):  # gene-wise theta: small counts from the per-gene table
+        return fused(lm, lt, z, table_batch)
 
     def public(lm, lt, z):
         xx = batch["x"]
@@ -51,14 +58,15 @@ def test_fused_count_loss_equals_public_log_prob(rng, likelihood):
     @jax.jit
     def both(lm, lt, z):
         out = []
-        for f in (fused, public):
+        for f in (fused, fused_table, public):
             out.append((f(lm, lt, z), jax.grad(lambda *a, f=f: jnp.dot(f(*a), w), argnums=(0, 1, 2))(lm, lt, z)))
         return out
 
-    (v1, g1), (v2, g2) = both(log_mu, log_theta, zi)
-    np.testing.assert_allclose(v1, v2, rtol=2e-6, atol=2e-3)
-    for a, c, name in zip(g1, g2, ("log_mu", "log_theta", "zi_logits"), strict=True):
-        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4 * (1 + float(jnp.max(jnp.abs(c)))), err_msg=name)
+    (v1, g1), (vt, gt), (v2, g2) = both(log_mu, log_theta, zi)
+    for v, gr in ((v1, g1), (vt, gt)):
+        np.testing.assert_allclose(v, v2, rtol=2e-6, atol=2e-3)
+        for a, c, name in zip(gr, g2, ("log_mu", "log_theta", "zi_logits"), strict=True):
+            np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4 * (1 + float(jnp.max(jnp.abs(c)))), err_msg=name)
     if likelihood == "zinb":  # per-cell theta (gene-cell dispersion) gathers per row and sums back exactly
         v3, g3 = jax.jit(jax.value_and_grad(lambda lt: jnp.dot(fused(log_mu, lt, zi), w)))(
             jnp.broadcast_to(log_theta, (b, g)))
