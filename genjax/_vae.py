@@ -86,9 +86,15 @@ def _drop_threshold(rate: float) -> int:
 
 
 def _normal_from_bits(bits):
-    """Standard normals from uint32 draws: ``sqrt(2) erfinv(2u - 1)`` with ``u`` in (0, 1), 24-bit."""
-    u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
-    return math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)
+    """Standard normals from uint32 draws: ``sqrt(2) erfinv(v)`` with ``v = 2u - 1`` on a 23-bit grid strictly
+    inside (-1, 1).
+
+    ``v = (k + 1/2) 2^-22 - 1`` for ``k`` in ``[0, 2^23)`` is exact in float32 at both ends (|v| <= 1 - 2^-23,
+    so |normal| <= 5.3). A 24-bit ``u = (k + 1/2) 2^-24`` is not: its top value rounds to 1 in float32 and
+    ``erfinv(1) = inf``, which made one draw in 2^24 infinite and a long VAE run NaN.
+    """
+    v = ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 22)) - 1.0
+    return math.sqrt(2.0) * jax.lax.erf_inv(v)
 
 
 def _dropout_units(module) -> int:
