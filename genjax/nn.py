@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._types import Array, Bool, Float, Int, PRNGKeyArray
 
@@ -128,16 +129,16 @@ def check_condition(cond: Condition | None, n: int, num_classes: Sequence[int], 
     if not isinstance(cond, Condition):
         raise ValueError(f"cond must be a genjax.nn.Condition or None; got {type(cond).__name__}")
     if cond.labels is not None:
-        labels = jnp.asarray(cond.labels)
+        labels = np.asarray(cond.labels)  # host-side checks in numpy: no device round trips or compiles
         if labels.shape != (n, len(num_classes)):
             raise ValueError(f"cond.labels must have shape (n, n_attributes) = {(n, len(num_classes))}; got {labels.shape}")
-        if not jnp.issubdtype(labels.dtype, jnp.integer):
+        if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"cond.labels must be integers; got dtype {labels.dtype}")
         for i, k in enumerate(num_classes):
             col = labels[:, i]
             bad = (col < NULL_LABEL) | (col >= k)
-            if bool(jnp.any(bad)):
-                j = int(jnp.argmax(bad))
+            if bad.any():
+                j = int(np.argmax(bad))
                 raise ValueError(
                     f"cond.labels[{j}, {i}] = {int(col[j])} is out of range for attribute {i} with {k} classes "
                     f"(valid: 0..{k - 1}, or {NULL_LABEL} for the null token)"
@@ -145,14 +146,15 @@ def check_condition(cond: Condition | None, n: int, num_classes: Sequence[int], 
     elif len(num_classes):
         raise ValueError(f"cond.labels is None but the network has {len(num_classes)} categorical attribute(s)")
     if cond.covariates is not None:
-        cov = jnp.asarray(cond.covariates)
+        cov = np.asarray(cond.covariates)
         if cov.shape != (n, num_covariates):
             raise ValueError(f"cond.covariates must have shape (n, n_covariates) = {(n, num_covariates)}; got {cov.shape}")
-        if not bool(jnp.all(jnp.isfinite(cov))):
-            j = int(jnp.argmax(~jnp.all(jnp.isfinite(cov), axis=-1)))
+        finite = np.isfinite(cov).all(axis=-1)
+        if not finite.all():
+            j = int(np.argmin(finite))
             raise ValueError(f"cond.covariates has a non-finite value in row {j}; mark absent values in covariate_mask")
-        if cond.covariate_mask is not None and jnp.shape(cond.covariate_mask) != cov.shape:
-            raise ValueError(f"cond.covariate_mask must have the shape of covariates {cov.shape}; got {jnp.shape(cond.covariate_mask)}")
+        if cond.covariate_mask is not None and np.shape(cond.covariate_mask) != cov.shape:
+            raise ValueError(f"cond.covariate_mask must have the shape of covariates {cov.shape}; got {np.shape(cond.covariate_mask)}")
     elif num_covariates:
         raise ValueError(f"cond.covariates is None but the network has {num_covariates} covariate(s)")
 

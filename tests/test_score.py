@@ -280,7 +280,7 @@ def test_condition_embedding_sums_attribute_tables():
 def test_drop_condition_and_check_condition(key):
     n = 20000
     cond = Condition(jnp.zeros((n, 2), jnp.int32), jnp.ones((n, 1)), None)
-    dropped = drop_condition(key, cond, 0.25)
+    dropped = jax.jit(drop_condition, static_argnums=2)(key, cond, 0.25)
     frac = np.mean(np.asarray(dropped.labels) == NULL_LABEL, axis=0)
     np.testing.assert_allclose(frac, 0.25, atol=0.015)
     np.testing.assert_allclose(1 - np.mean(np.asarray(dropped.covariate_mask)), 0.25, atol=0.015)
@@ -314,7 +314,19 @@ def test_trained_score_model_reproduces_gaussian_mixture_modes_and_weights():
     res = genjax.fit_score_model(x, sde, model, max_steps=800, batch_size=256, ema_decay=0.99, progress=False,
                                  steps_per_dispatch=200, optimizer=optax.adam(3e-3), seed=0)
     assert res.fit.state.ema_params is not None and int(res.fit.state.step) == 800
-    y, _ = genjax.sample_reverse_sde(jax.random.key(1), res.score_fn, sde, (2000, 2), 200)
+    traces = []
+
+    def counting_apply(params, x, t, cond):
+        traces.append(1)  # runs only while tracing
+        return model.apply(params, x, t, cond)
+
+    ema = genjax.ScoreFunction(counting_apply, res.score_fn.params, sde, "eps")
+    y, _ = genjax.sample_reverse_sde(jax.random.key(1), ema, sde, (2000, 2), 200)
+    n_traced = len(traces)
+    # the raw (non-EMA) parameters are new array leaves of the same pytree: the sampler does not recompile
+    raw = genjax.ScoreFunction(counting_apply, res.fit.state.params, sde, "eps")
+    y_raw, _ = genjax.sample_reverse_sde(jax.random.key(2), raw, sde, (2000, 2), 200)
+    assert len(traces) == n_traced and np.all(np.isfinite(y_raw))
     y = np.asarray(y)
     dist = np.linalg.norm(y[:, None] - means[None], axis=-1)
     nearest = dist.argmin(1)
