@@ -1,0 +1,114 @@
+"""Generation quality on PBMC3k held-out cells: genjax's LatentGenerator vs scvi-tools SCVI, same split, same metrics.
+
+Protocol (issue 6): PBMC3k, 80/20 split stratified by cell type; metrics on log1p of counts normalised to 1e4 in a
+30-PC space fitted on the held-out real cells (genjax.metrics.evaluate); the training cells are the real-vs-real
+control. Unconditional generation: cell types not requested (drawn in training proportions by genjax; SCVI samples
+its N(0, I) prior). Conditional generation: one generated cell per held-out cell with its cell type.
+
+Targets: unconditional energy distance <= 0.8 and 5-NN accuracy <= 0.53; conditional label accuracy >= 0.90 and
+5-NN accuracy <= 0.6 for every cell type (types with fewer than 10 held-out cells have no two-sample metrics).
+
+usage: python benchmarks/generation_quality.py [--peer-python /work/venv-peer/bin/python] [--skip-peer]
+                                               [--prior diffusion|flow] [--out benchmarks/out/quality]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import genjax
+from genjax.cli import stratified_split
+
+KEY = "cell_type"
+
+
+def evaluate(test, train, generated, conditional):
+    ev = genjax.metrics.evaluate(test, generated, condition_key=KEY, control=train, seed=0)
+    row = {m: ev.value(m) for m in ("energy_distance", "knn_accuracy", "mmd_rbf", "label_accuracy")}
+    row.update({m + "_control": ev.value(m, which="control") for m in ("energy_distance", "knn_accuracy",
+                                                                       "label_accuracy")})
+    if conditional:
+        per = ev.table[(ev.table.metric == "knn_accuracy") & (ev.table.condition != "all")]
+        row["knn_per_type"] = {r.condition: float(r.generated) for r in per.itertuples()}
+        row["knn_per_type_control"] = {r.condition: float(r.control) for r in per.itertuples()}
+    return row, ev
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--peer-python", default=os.environ.get("GENJAX_PEER_PYTHON", "/work/venv-peer/bin/python"))
+    p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--prior", default="diffusion", choices=["diffusion", "flow"])
+    p.add_argument("--vae-epochs", type=int, default=None)
+    p.add_argument("--prior-steps", type=int, default=4000)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--scvi-epochs", type=int, default=None)
+    p.add_argument("--out", default="benchmarks/out/quality")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    adata = genjax.datasets.pbmc3k()
+    tr, te = stratified_split(adata.obs[KEY], 0.2, seed=a.seed)
+    train, test = adata[tr].copy(), adata[te].copy()
+    train.write_h5ad(out / "train.h5ad")
+    test.write_h5ad(out / "heldout.h5ad")
+    labels = np.asarray(test.obs[KEY]).astype(str)
+    results = {}
+
+    if not a.skip_peer:
+        t0 = time.perf_counter()
+        cmd = [a.peer_python, str(Path(__file__).parent / "peers" / "scvi_generate.py"), str(out / "train.h5ad"),
+               str(out / "heldout.h5ad"), str(out), "--key", KEY, "--seed", str(a.seed)]
+        if a.scvi_epochs:
+            cmd += ["--epochs", str(a.scvi_epochs)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"scvi-tools peer failed:\n{run.stderr[-3000:]}")
+        print(f"scvi-tools: trained and sampled 2 models in {time.perf_counter() - t0:.0f} s", flush=True)
+        import anndata as ad
+
+        results["scvi SCVI, N(0,I) prior"], _ = evaluate(test, train, ad.read_h5ad(out / "scvi_unconditional.h5ad"),
+                                                         False)
+        results["scvi SCVI, cell type in decoder"], _ = evaluate(
+            test, train, ad.read_h5ad(out / "scvi_conditional.h5ad"), True)
+
+    t0 = time.perf_counter()
+    gen = genjax.LatentGenerator(train, conditions=[KEY], prior=a.prior, seed=a.seed)
+    gen.fit(vae_epochs=a.vae_epochs, prior_steps=a.prior_steps, seed=a.seed, progress=False)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    uncond = gen.generate(test.n_obs, seed=a.seed + 1)
+    cond = gen.generate(test.n_obs, seed=a.seed + 2, guidance=a.guidance, **{KEY: labels})
+    t_gen = time.perf_counter() - t0
+    print(f"genjax: trained in {t_fit:.0f} s, generated 2 x {test.n_obs} cells in {t_gen:.1f} s", flush=True)
+    results[f"genjax {a.prior}, unconditional"], _ = evaluate(test, train, uncond, False)
+    results[f"genjax {a.prior}, conditional"], ev = evaluate(test, train, cond, True)
+
+    print()
+    print(f"{'model':36s} {'energy':>8s} {'5-NN acc':>9s} {'label acc':>10s} {'max 5-NN per type':>18s}")
+    first = next(iter(results.values()))
+    print(f"{'real-vs-real control (train cells)':36s} {first['energy_distance_control']:8.3f} "
+          f"{first['knn_accuracy_control']:9.3f} {first['label_accuracy_control']:10.3f}")
+    for name, r in results.items():
+        per = r.get("knn_per_type")
+        worst = "" if not per else f"{np.nanmax(list(per.values())):.3f}"
+        label = f"{r['label_accuracy']:10.3f}" if "conditional" in name or "decoder" in name else f"{'-':>10s}"
+        print(f"{name:36s} {r['energy_distance']:8.3f} {r['knn_accuracy']:9.3f} {label} {worst:>18s}")
+    per = results[f"genjax {a.prior}, conditional"]["knn_per_type"]
+    print("\ngenjax conditional 5-NN accuracy per cell type:",
+          ", ".join(f"{k}: {v:.3f}" for k, v in per.items()))
+    (out / "results.json").write_text(json.dumps({"results": results, "fit_seconds": t_fit,
+                                                  "generate_seconds": t_gen, "args": vars(a)}, indent=1,
+                                                 default=float))
+
+
+if __name__ == "__main__":
+    main()
