@@ -13,6 +13,7 @@ scvi-tools; and genjax's achieved GFLOP/s at batch 1024 (matrix-multiply FLOPs o
 against the machine's single-precision GEMM peak measured in the same script.
 
 usage: python benchmarks/vae_throughput.py [--epochs 4] [--peer-epochs 3] [--peer-python PATH] [--no-peer] [--variants]
+                                          [--cpus 0]
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ N_CELLS, N_GENES, N_HIDDEN, N_LATENT, BATCH = 20000, 2000, 128, 10, 128
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def peer_worker(data_path: str, epochs: int, norm: str) -> None:
+def peer_worker(data_path: str, epochs: int, norm: str, threads: int) -> None:
     import numpy as np
     import scipy.sparse as sp
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     import anndata as ad
     import lightning.pytorch as pl
     import scvi
@@ -125,11 +126,12 @@ def time_genjax(adata, batch_size: int, epochs: int, seed: int = 0, **options) -
             "first_epoch_s": ends[0], "final_loss": hist[-1]["loss"]}
 
 
-def run_peer(python: str, data_path: str, epochs: int, norm: str) -> dict | None:
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+def run_peer(python: str, data_path: str, epochs: int, norm: str, threads: int) -> dict | None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     env.pop("XLA_FLAGS", None)
-    cmd = [python, __file__, "--peer-worker", data_path, "--peer-epochs", str(epochs), "--peer-norm", norm]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    cmd = [python, __file__, "--peer-worker", data_path, "--peer-epochs", str(epochs), "--peer-norm", norm,
+           "--peer-threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # inherits this process's CPU affinity
     for line in proc.stdout.splitlines():
         if line.startswith("PEER_RESULT "):
             return json.loads(line[len("PEER_RESULT "):])
@@ -147,10 +149,18 @@ def main() -> None:
                    help="also time genjax with the public NB log-pmf (fast_loss=False) and with a Poisson loss")
     p.add_argument("--peer-worker", help=argparse.SUPPRESS)
     p.add_argument("--peer-norm", default="batch", help=argparse.SUPPRESS)
+    p.add_argument("--peer-threads", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--cpus", help="pin both sides to these CPUs (e.g. '0'), torch threads = their number; a "
+                   "comparison less sensitive to other load on a shared machine than 2 free-running threads")
     a = p.parse_args()
     if a.peer_worker:
-        peer_worker(a.peer_worker, a.peer_epochs, a.peer_norm)
+        peer_worker(a.peer_worker, a.peer_epochs, a.peer_norm, a.peer_threads)
         return
+    threads = 2
+    if a.cpus:
+        cpus = {int(c) for c in a.cpus.split(",")}
+        os.sched_setaffinity(0, cpus)  # before jax starts its thread pools
+        threads = len(cpus)
 
     import jax
     import numpy as np
@@ -161,7 +171,8 @@ def main() -> None:
     X = adata.X
     zero = 1.0 - X.nnz / (X.shape[0] * X.shape[1])
     print(f"data: {N_CELLS} cells x {N_GENES} genes, {100 * zero:.1f}% zeros; jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+          f"{jax.devices()[0].platform}; CPUs used {sorted(os.sched_getaffinity(0))} (torch threads {threads}); "
+          f"load average {os.getloadavg()[0]:.1f}")
     dense = adata.copy()
     dense.X = X.toarray()  # genjax keeps dense data on the device (CSR input streams through a HostSource)
 
@@ -171,7 +182,7 @@ def main() -> None:
             path = str(Path(tmp) / "counts.npz")
             np.savez(path, data=X.data, indices=X.indices, indptr=X.indptr, shape=np.array(X.shape))
             for norm in ("batch", "layer"):
-                peers[norm] = run_peer(a.peer_python, path, a.peer_epochs, norm)
+                peers[norm] = run_peer(a.peer_python, path, a.peer_epochs, norm, threads)
 
     g128 = time_genjax(dense, BATCH, a.epochs)
     variants = {}
