@@ -82,6 +82,10 @@ class CheckpointManager:
         """
         if jax.process_index() != 0:
             return
+        # Asynchronous saves serialise ``meta`` in a background thread: snapshot it now, or the caller's later
+        # changes (the training loop appends to its history) leak into this checkpoint. The round trip also
+        # raises here, not in the writer thread, if ``meta`` is not JSON-serialisable.
+        meta = json.loads(json.dumps(meta))
         targets = [self._latest, self._best] if best else [self._latest]
         for manager in targets:
             if int(step) in manager.all_steps():  # re-running a step after resuming from an older checkpoint

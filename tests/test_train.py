@@ -172,6 +172,23 @@ def test_resume_equals_uninterrupted(tmp_path, every_steps):
                                rtol=1e-6)
 
 
+def test_async_save_snapshots_meta(tmp_path):
+    # the training loop keeps appending to its history while an asynchronous save is being written
+    mngr = genjax.CheckpointManager(tmp_path / "run")
+    state = {"w": jnp.arange(3.0)}
+    history = [{"epoch": 0, "loss": 1.0}]
+    mngr.save(7, state, {"history": history})
+    history.append({"epoch": 1, "loss": 0.5})
+    mngr.wait()
+    _, meta, step = mngr.restore_latest(state)
+    mngr.close()
+    assert step == 7 and meta["history"] == [{"epoch": 0, "loss": 1.0}]
+    other = genjax.CheckpointManager(tmp_path / "other")
+    with pytest.raises(TypeError):  # raised in the caller, not in the writer thread
+        other.save(1, state, {"bad": object()})
+    other.close()
+
+
 def test_corrupt_checkpoint_is_skipped_with_its_name(tmp_path):
     data = _data()
     d = tmp_path / "run"
