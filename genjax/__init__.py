@@ -5,11 +5,14 @@ Layers (lower never imports higher): likelihoods -> nn blocks -> models (vae, sd
 here by name; the private modules hold one concept each.
 """
 
-from . import datasets, metrics, nn, plots, report
+from . import datasets, metrics, nn, plots, report  # noqa: F401
 from ._checkpoint import *  # noqa: F403
 from ._data import *  # noqa: F403
 from ._distributed import *  # noqa: F403
 from ._distributions import *  # noqa: F403
+from ._flow import *  # noqa: F403
+from ._flow_sampling import *  # noqa: F403
+from ._guidance import *  # noqa: F403
 from ._likelihoods import *  # noqa: F403
 from ._pipeline import *  # noqa: F403
 from ._prior import *  # noqa: F403

@@ -243,7 +243,7 @@ class LatentGenerator:
         return np.asarray(z) * self._scale + self._shift
 
     def generate(self, n: int, *, seed: int = 0, guidance: float | dict | None = None, batch_size: int = 4096,
-                 **conditions):
+                 sampler_kwargs: dict | None = None, **conditions):
         """Generate ``n`` cells of sampled counts with the requested conditions.
 
         Arguments:
@@ -251,6 +251,7 @@ class LatentGenerator:
             seed: seed of every draw (conditions, library sizes, latents, counts).
             guidance: classifier-free guidance weight(s), see :meth:`sample_latent`.
             batch_size: cells decoded per jitted call.
+            sampler_kwargs: passed to the prior's sampler (see :meth:`sample_latent`), e.g. ``{"n_steps": 16}``.
             conditions: condition values, e.g. ``cell_type="B cells"``, or a sequence of ``n`` values (one per
                 cell); the others are drawn in training proportions (jointly with the library size).
 
@@ -272,7 +273,7 @@ class LatentGenerator:
         cat, log_lib = self._draw_conditions(n, rng, conditions)
         key_z, key_x = jax.random.split(jax.random.key(seed))
         z = self.sample_latent(n, seed=int(jax.random.randint(key_z, (), 0, 2**31 - 1)), guidance=guidance,
-                               cat=cat)
+                               cat=cat, **(sampler_kwargs or {}))
         if self.options["space"] == "latent":
             counts = self._decode(z, log_lib, cat, key_x, batch_size)
         else:

@@ -12,18 +12,20 @@ import dataclasses
 import functools
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 
 from . import nn as gnn
 from ._checkpoint import load_pytree
+from ._flow import VelocityField, fit_flow_model
+from ._flow_sampling import sample_flow
+from ._guidance import guidance_groups, guided_field
 from ._sampling import sample_probability_flow_ode, sample_reverse_sde
 from ._score import ScoreFunction, fit_score_model
 from ._sde import VESDE, VPSDE, SubVPSDE
 
-__all__ = ["PriorModel", "GuidedField", "fit_prior", "sample_prior", "load_prior"]
+__all__ = ["PriorModel", "fit_prior", "sample_prior", "load_prior"]
 
 _SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
@@ -115,8 +117,6 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
                               cond_dropout=cond_dropout, description="prior", **common)
         prior.params = res.score_fn.params
         return prior, res.fit.history
-    from ._flow import fit_flow_model  # flow matching (the flow issue)
-
     prior = PriorModel("flow", int(z.shape[1]), net, {}, "velocity", None)
     res = fit_flow_model(z, prior.module, cond=cond, cond_dropout=cond_dropout, description="prior", **common)
     prior.params = res.params
@@ -128,51 +128,6 @@ def _field_net(**kwargs) -> gnn.FieldNet:
     # one module instance per configuration: its bound ``apply`` is then the same static object for every
     # PriorModel with these settings, and jitted samplers do not recompile for a reloaded model
     return gnn.FieldNet(**kwargs)
-
-
-class VelocityField(eqx.Module):
-    """A velocity network as a batched field ``v(x, t, cond=None) -> (n, d)`` (a pytree over its parameters)."""
-
-    apply_fn: Any = eqx.field(static=True)
-    params: Any
-
-    def __call__(self, x, t, cond=None):
-        return self.apply_fn(self.params, x, t, cond)
-
-
-class GuidedField(eqx.Module):
-    """Classifier-free guidance of a conditional field (Ho & Salimans 2022), a pytree usable by every sampler.
-
-    ``f_null + w (f_c - f_null)`` with one weight, or the compositional form
-    ``f_null + sum_i w_i (f_{c_i} - f_null)`` where ``f_{c_i}`` sees attribute ``i`` only (the others null).
-    ``w = 0`` is the unconditional field, ``w = 1`` the plain conditional one, ``w > 1`` sharpens.
-    """
-
-    field: Any
-    weights: Any  # float32 scalar (one weight) or (n_attributes,) (compositional)
-    compositional: bool = eqx.field(static=True)
-
-    def __call__(self, x, t, cond=None):
-        if cond is None or cond.labels is None:
-            return self.field(x, t, cond)
-        null = gnn.null_condition(cond)
-        f_null = self.field(x, t, null)
-        if not self.compositional:
-            return f_null + self.weights * (self.field(x, t, cond) - f_null)
-        out = f_null
-        for i in range(cond.labels.shape[1]):
-            only_i = cond._replace(labels=null.labels.at[:, i].set(cond.labels[:, i]))
-            out = out + self.weights[i] * (self.field(x, t, only_i) - f_null)
-        return out
-
-
-def _guided(field, guidance, n_attributes: int) -> GuidedField:
-    if isinstance(guidance, (int, float)):
-        return GuidedField(field, jnp.asarray(guidance, jnp.float32), False)
-    weights = jnp.asarray(guidance, jnp.float32)
-    if weights.shape != (n_attributes,):
-        raise ValueError(f"guidance needs one weight per attribute ({n_attributes}); got {guidance}")
-    return GuidedField(field, weights, True)
 
 
 def sample_prior(prior: PriorModel, key, n: int, *, cond: gnn.Condition | None = None, guidance=None,
@@ -194,7 +149,7 @@ def sample_prior(prior: PriorModel, key, n: int, *, cond: gnn.Condition | None =
     """
     field = prior.field()
     if guidance is not None and cond is not None:
-        field = _guided(field, guidance, len(prior.net.get("num_classes", ())))
+        field = guided_field(field, guidance, n_groups=guidance_groups(cond))
     shape = (int(n), prior.dim)
     if prior.kind == "diffusion":
         sde = prior.make_sde()
@@ -206,8 +161,6 @@ def sample_prior(prior: PriorModel, key, n: int, *, cond: gnn.Condition | None =
         else:
             raise ValueError(f"method must be 'ode' or 'sde' for a diffusion prior; got {method!r}")
         return x
-    from ._flow import sample_flow
-
     x, _ = sample_flow(key, field, shape, cond=cond, n_steps=n_steps, rtol=rtol, atol=atol, **kwargs)
     return x
 

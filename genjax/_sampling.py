@@ -61,14 +61,17 @@ _BATCH_AXIS = "genjax_batch"
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_common(shape, t_min: float, cond, n_steps: int | None = None, name: str = "sampler") -> tuple[int, int]:
+def _check_common(shape, t_min: float, cond, n_steps: int | None = None, name: str = "sampler", *,
+                  zero_t_min: bool = False) -> tuple[int, int]:
+    """Host-side checks shared by the samplers and likelihoods; ``zero_t_min`` admits ``t_min = 0`` (flows,
+    whose velocity is finite at the data end; the diffusion score is not)."""
     if not (isinstance(shape, tuple | list) and len(shape) == 2 and all(isinstance(s, int | np.integer) for s in shape)):
         raise ValueError(f"{name}: shape must be a tuple (n, d) of two ints; got {shape!r}")
     n, d = (int(s) for s in shape)
     if n < 1 or d < 1:
         raise ValueError(f"{name}: shape must be positive; got {shape!r}")
-    if not 0.0 < t_min < 1.0:
-        raise ValueError(f"{name}: t_min must be in (0, 1); got {t_min}")
+    if not (0.0 <= t_min < 1.0 if zero_t_min else 0.0 < t_min < 1.0):
+        raise ValueError(f"{name}: t_min must be in {'[0, 1)' if zero_t_min else '(0, 1)'}; got {t_min}")
     if n_steps is not None and (not isinstance(n_steps, int | np.integer) or n_steps < 1):
         raise ValueError(f"{name}: n_steps must be a positive int; got {n_steps!r}")
     _check_cond_leading(cond, n, name)
@@ -420,6 +423,25 @@ def _field_one(field, y: Array, t: Array, cond) -> Array:
     return call_score(field, y[None], jnp.reshape(t, (1,)), None if cond is None else _one(cond))[0]
 
 
+def _ode_steps(n_steps, ts, max_steps, t_min: float, name: str):
+    """Resolve the step options of an ODE sampler from ``t = 1`` to ``t_min``: an explicit grid ``ts``
+    (strictly decreasing from 1 to ``t_min``), ``n_steps`` equal steps (a runtime int32 bounded by
+    ``max_steps``), or adaptive steps (``max_steps`` default 4096). Returns ``(n_steps, ts, max_steps)``."""
+    if ts is not None:
+        ts_np = np.asarray(ts)
+        if ts_np.ndim != 1 or ts_np.size < 2 or not np.all(np.diff(ts_np) < 0):
+            raise ValueError(f"{name}: ts must be a strictly decreasing 1-d grid; got {ts_np!r}")
+        if not (np.isclose(ts_np[0], 1.0) and np.isclose(ts_np[-1], t_min)):
+            raise ValueError(f"{name}: ts must run from 1 to t_min={t_min}; got {ts_np[0]} .. {ts_np[-1]}")
+        return None, jnp.asarray(ts_np, jnp.float32), ts_np.size - 1
+    if n_steps is not None:
+        max_steps = int(n_steps) if max_steps is None else int(max_steps)
+        if max_steps < n_steps:
+            raise ValueError(f"{name}: max_steps={max_steps} is below n_steps={n_steps}")
+        return jnp.asarray(n_steps, jnp.int32), None, max_steps
+    return None, None, _DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
+
+
 def _solve_ode_batch(field, prior, keys, cond, n_steps, ts, *, d, solver, rtol, atol, t0, t1, max_steps):
     """Per-point solves of ``dx/dt = field(x, t, cond)`` from a ``prior`` draw at ``t0`` to ``t1`` (either
     direction), vmapped over ``keys``; adaptive (PID) unless ``ts`` (grid) or ``n_steps`` (equal steps) is given.
@@ -504,21 +526,7 @@ def sample_probability_flow_ode(
             ``cond``.
     """
     _check_common(shape, t_min, cond, n_steps, "sample_probability_flow_ode")
-    if ts is not None:
-        ts_np = np.asarray(ts)
-        if ts_np.ndim != 1 or ts_np.size < 2 or not np.all(np.diff(ts_np) < 0):
-            raise ValueError(f"sample_probability_flow_ode: ts must be a strictly decreasing 1-d grid; got {ts_np!r}")
-        if not (np.isclose(ts_np[0], 1.0) and np.isclose(ts_np[-1], t_min)):
-            raise ValueError(f"sample_probability_flow_ode: ts must run from 1 to t_min={t_min}; got {ts_np[0]} .. {ts_np[-1]}")
-        ts = jnp.asarray(ts_np, jnp.float32)
-        n_steps, max_steps = None, ts_np.size - 1
-    elif n_steps is not None:
-        max_steps = int(n_steps) if max_steps is None else int(max_steps)
-        if max_steps < n_steps:
-            raise ValueError(f"sample_probability_flow_ode: max_steps={max_steps} is below n_steps={n_steps}")
-        n_steps = jnp.asarray(n_steps, jnp.int32)
-    elif max_steps is None:
-        max_steps = _DEFAULT_MAX_STEPS
+    n_steps, ts, max_steps = _ode_steps(n_steps, ts, max_steps, t_min, "sample_probability_flow_ode")
     if solver is None:
         solver = diffrax.Tsit5()
     _evals_per_step(solver)
@@ -531,6 +539,20 @@ def sample_probability_flow_ode(
 # ---------------------------------------------------------------------------------------------------------------
 # log-likelihood
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_likelihood_input(x, divergence: str, t_min: float, cond, name: str, *, zero_t_min: bool = False):
+    """Host-side checks of a likelihood evaluation; returns ``x`` as a float array ``(n, d)``."""
+    x_np = np.asarray(x)
+    if x_np.ndim != 2:
+        raise ValueError(f"{name}: x must be (n, d); got shape {x_np.shape}")
+    finite = np.isfinite(x_np).all(axis=-1)
+    if not finite.all():
+        raise ValueError(f"{name}: x has non-finite values (first in row {int(np.argmin(finite))})")
+    if divergence not in ("hutchinson", "exact"):
+        raise ValueError(f"{name}: divergence must be 'hutchinson' or 'exact'; got {divergence!r}")
+    _check_common(x_np.shape, t_min, cond, None, name, zero_t_min=zero_t_min)
+    return jnp.asarray(x)
 
 
 def _log_likelihood_batch(field, prior, x, keys, cond, *, divergence, solver, rtol, atol, t0, t1, max_steps):
@@ -615,14 +637,7 @@ def log_likelihood(
         ValueError: if ``x`` is not 2-d or not finite, ``divergence`` is unknown, ``t_min`` is outside ``(0, 1)``,
             or ``cond`` has the wrong leading size.
     """
-    x = jnp.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"log_likelihood: x must be (n, d); got shape {x.shape}")
-    if not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"log_likelihood: x has non-finite values (first in row {int(jnp.argmax(~jnp.all(jnp.isfinite(x), -1)))})")
-    if divergence not in ("hutchinson", "exact"):
-        raise ValueError(f"log_likelihood: divergence must be 'hutchinson' or 'exact'; got {divergence!r}")
-    _check_common(x.shape, t_min, cond, None, "log_likelihood")
+    x = _check_likelihood_input(x, divergence, t_min, cond, "log_likelihood")
     if solver is None:
         solver = diffrax.Tsit5()
     return _log_likelihood_impl(key, score_fn, sde, x, cond, divergence, solver, rtol, atol, float(t_min),

@@ -331,6 +331,47 @@ class ScoreFitResult(NamedTuple):
     fit: Any
 
 
+def prepare_field_fit(x, cond, model, val_x, val_cond, *, seed: int, name: str):
+    """What the field trainers (:func:`fit_score_model`, :func:`genjax.fit_flow_model`) share before training:
+    host-side checks of the points and conditions, a default :data:`ScoreNet` sized for ``cond``, the
+    initial parameters (from ``fold_in(key(seed), 0x5C0)``) and the data in :func:`genjax.fit`'s form.
+
+    Returns:
+        ``(model, params, data, val_data)``; ``data`` is ``x`` or ``{"x": x, "cond": cond}``.
+
+    Raises:
+        ValueError: if ``x`` is not a finite ``(n, d)`` array or a condition does not fit the model.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"{name}: x must be (n, d) with n >= 1; got shape {x.shape}")
+    finite = np.isfinite(np.asarray(x))
+    if not finite.all():
+        row = int(np.argmin(finite.all(axis=1)))
+        raise ValueError(f"{name}: x has a non-finite value in row {row}")
+    if model is None:
+        num_classes, num_cov = (), 0
+        if cond is not None:
+            if cond.labels is not None:
+                num_classes = tuple(int(k) for k in np.asarray(cond.labels).max(axis=0) + 1)
+            if cond.covariates is not None:
+                num_cov = int(np.shape(cond.covariates)[1])
+        model = ScoreNet(num_classes=num_classes, num_covariates=num_cov)
+    num_classes = tuple(getattr(model, "num_classes", ()))
+    num_cov = int(getattr(model, "num_covariates", 0))
+    gnn.check_condition(cond, x.shape[0], num_classes, num_cov)
+    data = x if cond is None else {"x": x, "cond": cond}
+    val_data = None
+    if val_x is not None:
+        val_x = jnp.asarray(val_x, jnp.float32)
+        gnn.check_condition(val_cond, val_x.shape[0], num_classes, num_cov)
+        val_data = val_x if val_cond is None else {"x": val_x, "cond": val_cond}
+    key_init = jax.random.fold_in(jax.random.key(seed), 0x5C0)
+    cond0 = None if cond is None else jax.tree.map(lambda a: a[:1], cond)
+    params = jax.jit(model.init)(key_init, x[:1], jnp.ones((1,)), cond0)
+    return model, params, data, val_data
+
+
 def fit_score_model(
     x: Array,
     sde: AbstractSDE | None = None,
@@ -375,35 +416,9 @@ def fit_score_model(
     """
     from ._train import fit  # the training layer sits above the models
 
-    x = jnp.asarray(x, jnp.float32)
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"fit_score_model: x must be (n, d) with n >= 1; got shape {x.shape}")
-    finite = np.isfinite(np.asarray(x))
-    if not finite.all():
-        row = int(np.argmin(finite.all(axis=1)))
-        raise ValueError(f"fit_score_model: x has a non-finite value in row {row}")
     sde = VPSDE() if sde is None else sde
-    if model is None:
-        num_classes, num_cov = (), 0
-        if cond is not None:
-            if cond.labels is not None:
-                num_classes = tuple(int(k) for k in np.asarray(cond.labels).max(axis=0) + 1)
-            if cond.covariates is not None:
-                num_cov = int(np.shape(cond.covariates)[1])
-        model = ScoreNet(num_classes=num_classes, num_covariates=num_cov)
-    num_classes = tuple(getattr(model, "num_classes", ()))
-    num_cov = int(getattr(model, "num_covariates", 0))
-    gnn.check_condition(cond, x.shape[0], num_classes, num_cov)
-    data = x if cond is None else {"x": x, "cond": cond}
-    val_data = None
-    if val_x is not None:
-        val_x = jnp.asarray(val_x, jnp.float32)
-        gnn.check_condition(val_cond, val_x.shape[0], num_classes, num_cov)
-        val_data = val_x if val_cond is None else {"x": val_x, "cond": val_cond}
-
-    key_init = jax.random.fold_in(jax.random.key(seed), 0x5C0)
-    cond0 = None if cond is None else jax.tree.map(lambda a: a[:1], cond)
-    params = jax.jit(model.init)(key_init, x[:1], jnp.ones((1,)), cond0)
+    model, params, data, val_data = prepare_field_fit(x, cond, model, val_x, val_cond, seed=seed,
+                                                      name="fit_score_model")
     loss_fn = make_dsm_loss(
         model, sde, parameterisation=parameterisation, weighting=weighting, reduction=reduction,
         time_sampling=time_sampling, importance_sampling=importance_sampling, t_min=t_min, cond_dropout=cond_dropout,
