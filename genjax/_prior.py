@@ -79,8 +79,8 @@ class PriorModel:
 def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_classes: tuple[int, ...] = (),
               steps: int = 4000, batch_size: int = 256, lr: float = 1e-3, cond_dropout: float = 0.1,
               hidden: int = 256, num_blocks: int = 4, ema_decay: float | None = 0.999, sde: str = "vp",
-              sde_kwargs: dict | None = None, seed: int = 0, progress: bool = True, checkpoint_dir=None,
-              resume: bool = False, **train_kwargs) -> tuple[PriorModel, list[dict]]:
+              sde_kwargs: dict | None = None, coupling: str = "independent", seed: int = 0, progress: bool = True,
+              checkpoint_dir=None, resume: bool = False, **train_kwargs) -> tuple[PriorModel, list[dict]]:
     """Fit a conditional diffusion (denoising score matching) or flow-matching prior on points ``z``.
 
     Arguments:
@@ -93,6 +93,7 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
         hidden, num_blocks: width and residual blocks of the :class:`genjax.nn.FieldNet`.
         ema_decay: EMA of the parameters used for sampling (``None``: no EMA).
         sde, sde_kwargs: ``"vp"`` | ``"subvp"`` | ``"ve"`` and its constructor arguments (diffusion).
+        coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport within conditions; flow only).
         seed, progress, checkpoint_dir, resume: as :func:`genjax.fit`.
         train_kwargs: further :class:`genjax.TrainConfig` fields.
 
@@ -118,7 +119,8 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
         prior.params = res.score_fn.params
         return prior, res.fit.history
     prior = PriorModel("flow", int(z.shape[1]), net, {}, "velocity", None)
-    res = fit_flow_model(z, prior.module, cond=cond, cond_dropout=cond_dropout, description="prior", **common)
+    res = fit_flow_model(z, prior.module, cond=cond, cond_dropout=cond_dropout, coupling=coupling,
+                         description="prior", **common)
     prior.params = res.params
     return prior, res.fit.history
 

@@ -124,15 +124,18 @@ class _Covariates(nn.Module):
     n_categories: tuple[int, ...]
     n_continuous: int
     fan_in: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, cat, cont):
         init = nn.initializers.normal(1.0 / math.sqrt(self.fan_in))
         out = 0.0
         for j, n_cat in enumerate(self.n_categories):
-            out = out + nn.Embed(n_cat, self.features, embedding_init=init, name=f"cat_{j}")(cat[:, j])
+            out = out + nn.Embed(n_cat, self.features, embedding_init=init, dtype=self.dtype,
+                                 name=f"cat_{j}")(cat[:, j])
         if self.n_continuous:
-            out = out + nn.Dense(self.features, use_bias=False, kernel_init=init, name="cont")(cont)
+            out = out + nn.Dense(self.features, use_bias=False, kernel_init=init, dtype=self.dtype,
+                                 name="cont")(cont)
         return out
 
 
@@ -146,6 +149,7 @@ class _MLP(nn.Module):
     n_categories: tuple[int, ...]
     n_continuous: int
     inject_all_layers: bool
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, h, cat, cont, drop_bits=None):
@@ -153,9 +157,9 @@ class _MLP(nn.Module):
         has_cov = bool(self.n_categories) or self.n_continuous > 0
         for i in range(self.n_layers):
             fan_in = h.shape[-1] + sum(self.n_categories) + self.n_continuous
-            y = nn.Dense(self.n_hidden, name=f"dense_{i}")(h)
+            y = nn.Dense(self.n_hidden, dtype=self.dtype, name=f"dense_{i}")(h)
             if has_cov and (i == 0 or self.inject_all_layers):
-                y = y + _Covariates(self.n_hidden, self.n_categories, self.n_continuous, fan_in,
+                y = y + _Covariates(self.n_hidden, self.n_categories, self.n_continuous, fan_in, self.dtype,
                                     name=f"cov_{i}")(cat, cont)
             if self.norm == "layer":
                 y = nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name=f"norm_{i}")(y)
@@ -189,6 +193,8 @@ class VAEModule(nn.Module):
         conditional_prior: learn ``p(z | c) = N(m(c), diag v(c))`` (a cVAE prior that generates conditions from
             no data) instead of ``N(0, I)``; ``m`` and ``log v`` are sums of per-condition embeddings plus a
             linear function of the continuous covariates, initialised at ``N(0, I)``.
+        dtype: computation dtype of the dense layers (``jnp.bfloat16``: mixed precision for accelerators);
+            parameters, likelihoods, KL terms and every output stay float32. ``None``: float32 throughout.
     """
 
     n_genes: int
@@ -208,6 +214,7 @@ class VAEModule(nn.Module):
     library_index: int | None = None
     library_prior: tuple[tuple[float, ...], tuple[float, ...]] = ((0.0,), (1.0,))
     conditional_prior: bool = False
+    dtype: Any = None
 
     def setup(self):
         if self.likelihood not in VAE_LIKELIHOODS:
@@ -225,16 +232,17 @@ class VAEModule(nn.Module):
         enc_cats = self.n_categories if self.encode_covariates else ()
         enc_cont = self.n_continuous if self.encode_covariates else 0
         mlp = dict(n_hidden=self.n_hidden, n_layers=self.n_layers, norm=self.norm,
-                   inject_all_layers=self.inject_all_layers)
+                   inject_all_layers=self.inject_all_layers, dtype=self.dtype)
+        dense = lambda n: nn.Dense(n, dtype=self.dtype)  # noqa: E731
         self.z_encoder = _MLP(dropout=self.dropout, n_categories=enc_cats, n_continuous=enc_cont, **mlp)
-        self.z_mean = nn.Dense(self.n_latent)
-        self.z_logvar = nn.Dense(self.n_latent)
+        self.z_mean = dense(self.n_latent)
+        self.z_logvar = dense(self.n_latent)
         if self.library == "latent":
             self.l_encoder = _MLP(dropout=self.dropout, n_categories=enc_cats, n_continuous=enc_cont, **mlp)
-            self.l_mean = nn.Dense(1)
-            self.l_logvar = nn.Dense(1)
+            self.l_mean = dense(1)
+            self.l_logvar = dense(1)
         self.decoder = _MLP(dropout=0.0, n_categories=self.n_categories, n_continuous=self.n_continuous, **mlp)
-        self.head_mean = nn.Dense(self.n_genes)
+        self.head_mean = dense(self.n_genes)
         normal = nn.initializers.normal(1.0)
         if self.likelihood != "poisson":
             if self.dispersion == "gene":
@@ -245,9 +253,9 @@ class VAEModule(nn.Module):
                 self.log_disp = self.param(
                     "log_disp", init, (self.n_categories[self.dispersion_index], self.n_genes))
             else:
-                self.head_disp = nn.Dense(self.n_genes)
+                self.head_disp = dense(self.n_genes)
         if self.likelihood == "zinb":
-            self.head_zi = nn.Dense(self.n_genes)
+            self.head_zi = dense(self.n_genes)
         if self.conditional_prior:
             zeros = nn.initializers.zeros
             self.prior_mean = [self.param(f"prior_mean_{j}", zeros, (n, self.n_latent))
@@ -270,11 +278,12 @@ class VAEModule(nn.Module):
         h_in = self._input(x)
         n_z = self.n_layers * self.n_hidden
         h = self.z_encoder(h_in, cat, cont, None if drop_bits is None else drop_bits[:, :n_z])
-        out = {"z_mean": self.z_mean(h), "z_var": jnp.exp(self.z_logvar(h)) + VAR_EPS}
+        f32 = lambda a: a.astype(jnp.float32)  # noqa: E731  (heads may compute in bfloat16)
+        out = {"z_mean": f32(self.z_mean(h)), "z_var": jnp.exp(f32(self.z_logvar(h))) + VAR_EPS}
         if self.library == "latent":
             hl = self.l_encoder(h_in, cat, cont, None if drop_bits is None else drop_bits[:, n_z:])
-            out["l_mean"] = self.l_mean(hl)[:, 0]
-            out["l_var"] = jnp.exp(self.l_logvar(hl))[:, 0] + VAR_EPS
+            out["l_mean"] = f32(self.l_mean(hl))[:, 0]
+            out["l_var"] = jnp.exp(f32(self.l_logvar(hl)))[:, 0] + VAR_EPS
         return out
 
     def decode(self, z, log_lib, cat=None, cont=None) -> dict[str, Array]:
@@ -286,7 +295,7 @@ class VAEModule(nn.Module):
         """
         cat, cont = self._cov(z, cat, cont)
         h = self.decoder(z, cat, cont, None)
-        raw = self.head_mean(h)
+        raw = self.head_mean(h).astype(jnp.float32)
         out = {}
         if self.likelihood == "gaussian":
             out["mean"] = raw
@@ -297,7 +306,7 @@ class VAEModule(nn.Module):
         if self.likelihood in ("nb", "zinb"):
             out["log_theta"] = self._dispersion(h, cat)
         if self.likelihood == "zinb":
-            out["zi_logits"] = self.head_zi(h)
+            out["zi_logits"] = self.head_zi(h).astype(jnp.float32)
         return out
 
     def _dispersion(self, h, cat):
@@ -305,7 +314,7 @@ class VAEModule(nn.Module):
             return self.log_disp
         if self.dispersion == "gene-category":
             return self.log_disp[cat[:, self.dispersion_index]]
-        return self.head_disp(h)
+        return self.head_disp(h).astype(jnp.float32)
 
     def prior(self, cat=None, cont=None, n: int | None = None) -> tuple[Array, Array]:
         """Prior mean and variance of ``z``, each (cells, latent): N(0, I), or p(z | c) when conditional."""

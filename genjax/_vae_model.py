@@ -113,6 +113,9 @@ class VAE:
         fast_loss: train count likelihoods with the fused loss (non-zero entries for the count-only special
             functions; same value as the public log-pmfs, several times faster). ``False`` uses the public
             ``nb_log_prob_log`` / ``zinb_log_prob_log`` / ``poisson_log_prob_log`` directly.
+        compute_dtype: ``None`` (float32) or ``"bfloat16"`` / ``"float16"``: mixed precision, the matrix
+            multiplies of the encoder and decoder in that dtype (for GPU / TPU; on CPU it is slower), parameters,
+            likelihoods and optimizer state in float32.
         seed: seed of the parameter initialisation.
 
     Raises:
@@ -148,6 +151,7 @@ class VAE:
         inject_all_layers: bool = False,
         norm: str = "layer",
         fast_loss: bool = True,
+        compute_dtype: str | None = None,
         seed: int = 0,
     ):
         conditions, continuous = _as_list(conditions), _as_list(continuous)
@@ -157,7 +161,7 @@ class VAE:
                        library=library, library_key=library_key, size_factor_key=size_factor_key,
                        conditional_prior=bool(conditional_prior), encode_covariates=bool(encode_covariates),
                        inject_all_layers=bool(inject_all_layers), norm=norm, fast_loss=bool(fast_loss),
-                       seed=int(seed))
+                       compute_dtype=compute_dtype, seed=int(seed))
         _check_options(options)
         registry = DataRegistry.from_anndata(adata, conditions, continuous, layer)
         data = self._prepare(adata, registry, options, training=True)
@@ -193,6 +197,7 @@ class VAE:
             library_index=keys.index(options["library_key"]) if options["library_key"] else None,
             library_prior=library_prior,
             conditional_prior=options["conditional_prior"],
+            dtype=None if options.get("compute_dtype") is None else jnp.dtype(options["compute_dtype"]),
         )
         self._data = data
 
@@ -657,6 +662,8 @@ def _check_options(o: dict) -> None:
     for name in ("n_hidden", "n_latent", "n_layers"):
         if o[name] < 1:
             raise ValueError(f"{name} must be >= 1, got {o[name]}")
+    if o.get("compute_dtype") not in (None, "float32", "bfloat16", "float16"):
+        raise ValueError(f"compute_dtype must be None, 'float32', 'bfloat16' or 'float16', got {o['compute_dtype']!r}")
     if not 0.0 <= o["dropout"] < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {o['dropout']}")
     if o["likelihood"] == "gaussian" and o["library"] == "latent":
