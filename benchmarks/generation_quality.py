@@ -100,7 +100,8 @@ def main():
     for name, r in results.items():
         per = r.get("knn_per_type")
         worst = "" if not per else f"{np.nanmax(list(per.values())):.3f}"
-        label = f"{r['label_accuracy']:10.3f}" if "conditional" in name or "decoder" in name else f"{'-':>10s}"
+        conditional = "decoder" in name or name.endswith(", conditional")
+        label = f"{r['label_accuracy']:10.3f}" if conditional else f"{'-':>10s}"
         print(f"{name:36s} {r['energy_distance']:8.3f} {r['knn_accuracy']:9.3f} {label} {worst:>18s}")
     per = results[f"genjax {a.prior}, conditional"]["knn_per_type"]
     print("\ngenjax conditional 5-NN accuracy per cell type:",

@@ -25,6 +25,7 @@ FIGURES = {
     "gene_expression_diffusion": ["part1_pca.png", "part1_genes.png", "part2_evaluation_panel.png",
                                   "training.png"],
     "flow_matching": ["guidance.png", "evaluation_panel.png", "latent_pca.png", "training.png"],
+    "data_parallel": ["training.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -77,23 +78,17 @@ def _check_outputs(out: Path, name: str, returned: dict | None = None) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("name", ["sde_basics", "likelihoods", "pbmc3k_cvae_nb", "gene_expression_diffusion"])
+@pytest.mark.parametrize("name", ["sde_basics", "likelihoods", "pbmc3k_cvae_nb", "gene_expression_diffusion",
+                                  "flow_matching", "data_parallel"])
 def test_example_smoke(name, tmp_path, fast_compile, capsys):
     module = _load(name)
     out = tmp_path / name
     returned = module.main(["--smoke", "--out", str(out)])
     printed = capsys.readouterr().out
     assert f"JAX backend: {jax.default_backend()}" in printed
-    _check_outputs(out, name, returned)
-
-
-def test_flow_matching_smoke(tmp_path, fast_compile, capsys):
-    pytest.importorskip("genjax._flow", reason="flow matching (genjax/_flow.py) has not landed yet")
-    module = _load("flow_matching")
-    out = tmp_path / "flow_matching"
-    returned = module.main(["--smoke", "--out", str(out)])
-    assert f"JAX backend: {jax.default_backend()}" in capsys.readouterr().out
-    _check_outputs(out, "flow_matching", returned)
+    summary = _check_outputs(out, name, returned)
+    if name == "data_parallel":  # two processes reproduce one process with two devices
+        assert summary["max_param_diff_processes_vs_devices"] < 1e-4
 
 
 def test_smoke_config_is_tiny_and_flags_override():
