@@ -166,22 +166,34 @@ class Feeder:
             for a, b in ranges:
                 yield (a, b), *self._inputs(order[a:b])
             return
-        # host data: fetch (densify) the next dispatch's rows in a background thread while this one runs
-        futures = [self._pool.submit(self._inputs, order[a:b]) for a, b in ranges[:1]]
+        # host data: fetch (densify) the next dispatch's rows in a background thread while this one runs. Only
+        # the current and the next dispatch are referenced: keeping every consumed future would hold all of an
+        # epoch's densified chunks (host and device copies) until the epoch ends.
+        pending = self._pool.submit(self._inputs, order[ranges[0][0]:ranges[0][1]]) if ranges else None
         for i, (a, b) in enumerate(ranges):
+            current = pending
             if i + 1 < len(ranges):
                 na, nb = ranges[i + 1]
-                futures.append(self._pool.submit(self._inputs, order[na:nb]))
-            yield (a, b), *futures[i].result()
+                pending = self._pool.submit(self._inputs, order[na:nb])
+            payload, idx = current.result()
+            del current
+            yield (a, b), payload, idx
+            del payload, idx
 
-    def eval_batches(self):
-        """Single-device ``(payload, idx)`` pairs covering every example once: full batches, then the rest."""
+    def eval_batches(self, max_batches: int = 32):
+        """Single-device ``(payload, idx)`` pairs covering every example once: full batches, then the rest.
+
+        Host data is fetched ``max_batches`` batches at a time (a validation set of a large atlas is never
+        densified whole); device data is evaluated in one pass over its resident payload.
+        """
         n, bs = self.n, self.batch_size
         full = n // bs
         rows = np.arange(n)
         parts = []
         if full:
-            parts.append(rows[: full * bs].reshape(full, bs))
+            batches = rows[: full * bs].reshape(full, bs)
+            step = max_batches if self.host else full
+            parts += [batches[i:i + step] for i in range(0, full, step)]
         if n % bs:
             parts.append(rows[full * bs:].reshape(1, -1))
         if not self.host and self._eval_payload is None:

@@ -227,12 +227,13 @@ def make_chunk_runner(step, *, mesh: Mesh | None = None, payload_sharded: bool =
 
 
 def _make_evaluator(eval_fn: EvalFn) -> Callable:
-    """Jitted ``evaluate(params, payload, idx, key) -> (sum of per-batch losses, sum of aux)`` over ``idx``."""
+    """Jitted ``evaluate(params, payload, idx, key, start) -> (sum of per-batch losses, sum of aux)`` over
+    ``idx``; batch ``i`` uses ``fold_in(key, start + i)``, so evaluating in chunks gives the same values."""
 
-    def evaluate(params, payload, idx, key):
+    def evaluate(params, payload, idx, key, start):
         def body(carry, xs):
             i, ix = xs
-            loss, aux = eval_fn(params, _take(payload, ix), jax.random.fold_in(key, i))
+            loss, aux = eval_fn(params, _take(payload, ix), jax.random.fold_in(key, start + i))
             out = {"loss": loss, **aux}
             return jax.tree.map(jnp.add, carry, out), None
 
@@ -430,9 +431,11 @@ def fit(
             if val is not None and ((epoch + 1) % config.eval_every == 0 or last):
                 current = host_state()
                 eval_params = current.params if current.ema_params is None else current.ema_params
-                vsums, count = None, 0
+                vsums, count, n_batches = None, 0, 0
                 for vpayload, vidx in val.eval_batches():
-                    s = evaluate(eval_params, vpayload, vidx, jax.random.fold_in(eval_key, epoch))
+                    s = evaluate(eval_params, vpayload, vidx, jax.random.fold_in(eval_key, epoch),
+                                 jnp.asarray(n_batches, jnp.int32))
+                    n_batches += vidx.shape[0]
                     s = jax.tree.map(lambda v, w=vidx.shape[1]: v * w, s)  # per-batch means -> sums
                     vsums = s if vsums is None else jax.tree.map(jnp.add, vsums, s)
                     count += vidx.size

@@ -121,6 +121,23 @@ def test_host_source_matches_device_data():
     np.testing.assert_allclose(a.state.params["w"], b.state.params["w"], rtol=1e-6)
 
 
+def test_host_validation_is_fetched_in_bounded_chunks():
+    # 94 validation rows at batch 2: 47 batches, fetched 32 at a time from the host; same value as on device
+    data, fetched = _data(), []
+    val = {k: v[2:] for k, v in data.items()}
+
+    def fetch(rows):
+        fetched.append(len(rows))
+        return {k: v[rows] for k, v in val.items()}
+
+    kw = dict(optimizer=optax.sgd(0.0), config=CFG, max_epochs=1, batch_size=2, seed=1)
+    on_device = genjax.fit(_loss, _params(), data, val_data=val, **kw)
+    on_host = genjax.fit(_loss, _params(), data, val_data=genjax.HostSource(N - 2, fetch), **kw)
+    assert fetched == [64, 30]
+    np.testing.assert_allclose(on_host.history[-1]["val_loss"], on_device.history[-1]["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(on_host.history[-1]["val_mae"], on_device.history[-1]["val_mae"], rtol=1e-5)
+
+
 def test_validation_and_early_stopping():
     data = _data()
     tr, va = genjax.split_indices(N, 0.75, seed=0)
