@@ -102,6 +102,8 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
     """
     if kind not in ("diffusion", "flow"):
         raise ValueError(f"kind must be 'diffusion' or 'flow'; got {kind!r}")
+    if kind == "diffusion" and coupling != "independent":
+        raise ValueError(f"coupling={coupling!r} is a flow-matching option; a diffusion prior has none")
     z = jnp.asarray(z, jnp.float32)
     net = {"hidden": int(hidden), "num_blocks": int(num_blocks), "num_classes": tuple(int(k) for k in num_classes)}
     schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.1)
