@@ -39,7 +39,9 @@ class PriorModel:
         dim: dimension of the modelled points.
         net: keyword arguments of :class:`genjax.nn.FieldNet` (``hidden``, ``num_blocks``, ``num_classes``, ...).
         sde: ``{"type": "vp" | "subvp" | "ve", **constructor arguments}`` (diffusion only).
-        parameterisation: what the network outputs (diffusion: ``"eps"`` by default).
+        parameterisation: what the network outputs (diffusion: ``"eps_skip"``, the noise minus its optimum for
+            unit-variance Gaussian data, which keeps probability-flow samples of the standardised points from
+            running off in the tails; see :mod:`genjax._score`).
         params: network parameters (EMA parameters when trained with EMA).
     """
 
@@ -115,8 +117,8 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
         sde_cfg = {"type": sde, **(sde_kwargs or {})}
         if sde not in _SDES:
             raise ValueError(f"sde must be one of {sorted(_SDES)}; got {sde!r}")
-        prior = PriorModel("diffusion", int(z.shape[1]), net, sde_cfg, "eps", None)
-        res = fit_score_model(z, prior.make_sde(), prior.module, cond=cond, parameterisation="eps",
+        prior = PriorModel("diffusion", int(z.shape[1]), net, sde_cfg, "eps_skip", None)
+        res = fit_score_model(z, prior.make_sde(), prior.module, cond=cond, parameterisation="eps_skip",
                               cond_dropout=cond_dropout, description="prior", **common)
         prior.params = res.score_fn.params
         return prior, res.fit.history

@@ -1,6 +1,6 @@
 """Score networks, output parameterisations and denoising score matching (Song et al. 2021; Vincent 2011).
 
-A network ``F(x_t, t, cond)`` is trained to predict one of five equivalent targets. With ``x_t = alpha x0 +
+A network ``F(x_t, t, cond)`` is trained to predict one of six equivalent targets. With ``x_t = alpha x0 +
 sigma eps`` (see :mod:`genjax._sde`), each target is linear in the noise, ``p(t) x_t + q(t) eps``, so a network's
 prediction of any of them is ``p x_t + q eps_hat`` for one noise estimate ``eps_hat``, and every pair converts
 through ``eps_hat = (out - p x_t) / q`` (the conversions divide by ``sigma``: use ``t > 0``):
@@ -17,7 +17,18 @@ name          target                                     p(t)        q(t)
               alpha' x0 + sigma' eps`` (the flow-
               matching target; equals ``f x - g^2/2
               score``)
+``eps_skip``  ``eps - sigma x_t / (alpha^2 + sigma^2)``:  ``-sigma /    1
+              the noise minus its optimum for unit-       (alpha^2 +
+              variance Gaussian data (a preconditioned    sigma^2)``
+              noise prediction, Karras et al. 2022's
+              ``c_skip`` with ``sigma_data = 1``)
 ============  =========================================  ==========  ===========================
+
+``eps_skip`` is for standardised data: the network learns only the departure from a Gaussian, so its errors are
+not amplified where the noise prediction must grow linearly with ``|x_t|``. With plain ``eps``, a network whose
+output is bounded (LayerNorm before the output layer) is wrong in the tails of ``x_t`` near ``t = 1``, where the
+VP probability-flow ODE multiplies noise errors by ``beta(1) / 2 = 10``: about 0.3% of the probability-flow samples
+of a prior fitted on 10-d standard normal data ended beyond ``|x| = 6`` (up to 41), none with ``eps_skip``.
 
 The denoising score-matching loss (:func:`dsm_loss`) is the continuous-time objective
 ``E_t E_{x0, eps} lambda(t) |s(x_t, t) + eps / sigma|^2 = E lambda / sigma^2 |eps_hat - eps|^2`` with
@@ -55,7 +66,7 @@ __all__ = [
 
 _TIME_SAMPLING = ("uniform", "stratified", "low_discrepancy", "antithetic")
 
-PARAMETERISATIONS = ("score", "eps", "x0", "v", "velocity")
+PARAMETERISATIONS = ("score", "eps", "x0", "v", "velocity", "eps_skip")
 """Output parameterisations of a score network (see the module docstring)."""
 
 ScoreNet = gnn.FieldNet
@@ -82,6 +93,8 @@ def _coefficients(sde: AbstractSDE, t: Array, name: str) -> tuple[Array, Array]:
         return -sigma / alpha, (alpha**2 + sigma**2) / alpha
     if name == "velocity":
         return sde.drift_coeff(t) * one, sde.diffusion(t) ** 2 / (2.0 * sigma)
+    if name == "eps_skip":
+        return -sigma / (alpha**2 + sigma**2), one
     raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}; got {name!r}")
 
 
