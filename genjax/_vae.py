@@ -479,31 +479,35 @@ def _gauss_log_prob(x, mean, var):
     return -0.5 * (jnp.log(2.0 * jnp.pi * var) + (x - mean) ** 2 / var)
 
 
-def vae_reconstruction_log_lik(module: VAEModule, out: dict[str, Array], batch: dict[str, Array]) -> Array:
+def vae_reconstruction_log_lik(module: VAEModule, out: dict[str, Array], batch: dict[str, Array], *,
+                               split: bool = False):
     """``log p(x | z, l)`` per cell (cells,) from decoder outputs ``out`` and the batch.
 
     Uses the public likelihoods of :mod:`genjax._likelihoods`; when the batch carries ``lfact`` (and for NB /
     ZINB the non-zeros ``nz_*`` or the large counts ``nzl_*``) the count log-likelihood is computed by the fused loss of
     :mod:`genjax._vae_fastnb` instead, which evaluates the count-only special functions on non-zeros only (same
-    value to float32 accuracy).
+    value to float32 accuracy). ``split=True`` returns ``(per_cell, batch_total)`` as in :func:`vae_elbo_terms`.
     """
     x = batch["x"]
     lik = module.likelihood
     if lik == "gaussian":
-        return jnp.sum(_gauss_log_prob(x, out["mean"], jnp.exp(out["log_var"])), axis=-1)
+        r = jnp.sum(_gauss_log_prob(x, out["mean"], jnp.exp(out["log_var"])), axis=-1)
+        return (r, jnp.zeros((), r.dtype)) if split else r
     if "lfact" in batch and (lik == "poisson" or "nz_idx" in batch or "nzl_idx" in batch):
-        return fast_count_log_lik(lik, x, out, batch)
+        return fast_count_log_lik(lik, x, out, batch, split=split)
     if lik == "nb":
         lp = nb_log_prob_log(x, out["log_mu"], out["log_theta"], validate_args=False)
     elif lik == "zinb":
         lp = zinb_log_prob_log(x, out["log_mu"], out["log_theta"], out["zi_logits"], validate_args=False)
     else:
         lp = poisson_log_prob_log(x, out["log_mu"], validate_args=False)
+    if split:
+        return jnp.sum(lp, axis=-1), jnp.zeros((), lp.dtype)
     return jnp.sum(lp, axis=-1)
 
 
 def vae_elbo_terms(module: VAEModule, params: Params, batch: dict[str, Array], key: PRNGKeyArray, *,
-               deterministic: bool = False) -> dict[str, Array]:
+               deterministic: bool = False, split: bool = False) -> dict[str, Array]:
     """One-sample ELBO pieces per cell.
 
     Arguments:
@@ -511,10 +515,14 @@ def vae_elbo_terms(module: VAEModule, params: Params, batch: dict[str, Array], k
         batch: dict of arrays (cells, ...) as described in the module docstring.
         key: PRNG key (dropout and the reparameterised draws of ``z`` and ``l``).
         deterministic: encoder without dropout (evaluation).
+        split: for losses that weigh cells equally: ``rec`` leaves out the count-only small-count part of the NB /
+            ZINB log-pmf and ``rec_total`` (scalar) carries its batch total, computed from a histogram of the
+            batch (see :mod:`genjax._vae_fastnb`); ``sum(rec) + rec_total`` is the batch total of ``log p(x | z, l)``.
 
     Returns:
         ``{"rec": log p(x | z, l), "kl_z": KL(q(z|x,c) || p(z|c)), "kl_l": KL(q(l|x) || p(l))}``, each (cells,);
-        ``kl_l`` is zero for an observed library. ``ELBO = rec - kl_z - kl_l``.
+        ``kl_l`` is zero for an observed library. ``ELBO = rec - kl_z - kl_l``. With ``split``, also
+        ``rec_total`` as above.
     """
     cat, cont = batch.get("cat"), batch.get("cont")
     v = {"params": params}
@@ -532,8 +540,12 @@ def vae_elbo_terms(module: VAEModule, params: Params, batch: dict[str, Array], k
         kl_l = jnp.zeros((n,))
     out = module.apply(v, z, log_lib, cat, cont, method="decode")
     pm, pv = module.apply(v, cat, cont, n, method="prior")
-    return {"rec": vae_reconstruction_log_lik(module, out, batch), "kl_z": _gauss_kl(enc["z_mean"], enc["z_var"], pm, pv),
-            "kl_l": kl_l}
+    terms = {"kl_z": _gauss_kl(enc["z_mean"], enc["z_var"], pm, pv), "kl_l": kl_l}
+    if split:
+        terms["rec"], terms["rec_total"] = vae_reconstruction_log_lik(module, out, batch, split=True)
+    else:
+        terms["rec"] = vae_reconstruction_log_lik(module, out, batch)
+    return terms
 
 
 def vae_kl_weight(step, *, beta: float = 1.0, warmup_steps: int | None = None) -> Array:
@@ -554,16 +566,18 @@ def make_vae_loss(module: VAEModule, *, beta: float = 1.0, warmup_steps: int | N
     ``loss = mean_cells[-rec + w(step) (kl_z + kl_l)]`` with ``w`` from :func:`vae_kl_weight` (the negative ELBO
     at ``w = 1``, the beta-VAE objective at ``w = beta``). ``aux``: ``rec`` (mean negative log-likelihood),
     ``kl_z``, ``kl_l``, ``kl_weight`` and ``elbo`` (mean ELBO at full KL weight). Invalid (non-count) input gives
-    NaN under ``jit``; the model object validates data on the host before training.
+    NaN under ``jit``; the model object validates data on the host before training. The mean reconstruction term
+    is computed with ``vae_elbo_terms(..., split=True)`` (same value, cheaper gradient).
     """
 
     def loss_fn(params, batch, key, step):
-        t = vae_elbo_terms(module, params, batch, key)
+        t = vae_elbo_terms(module, params, batch, key, split=True)
         w = vae_kl_weight(step, beta=beta, warmup_steps=warmup_steps)
         kl = t["kl_z"] + t["kl_l"]
-        loss = jnp.mean(-t["rec"] + w * kl)
-        aux = {"rec": -jnp.mean(t["rec"]), "kl_z": jnp.mean(t["kl_z"]), "kl_l": jnp.mean(t["kl_l"]),
-               "kl_weight": w, "elbo": jnp.mean(t["rec"] - kl)}
+        rec = jnp.mean(t["rec"]) + t["rec_total"] / t["rec"].shape[0]
+        loss = -rec + w * jnp.mean(kl)
+        aux = {"rec": -rec, "kl_z": jnp.mean(t["kl_z"]), "kl_l": jnp.mean(t["kl_l"]),
+               "kl_weight": w, "elbo": rec - jnp.mean(kl)}
         return loss, aux
 
     return loss_fn
@@ -573,11 +587,11 @@ def make_vae_eval_loss(module: VAEModule) -> Callable:
     """Validation ``eval_fn(params, batch, key) -> (loss, aux)``: negative ELBO at full KL weight, no dropout."""
 
     def eval_fn(params, batch, key):
-        t = vae_elbo_terms(module, params, batch, key, deterministic=True)
+        t = vae_elbo_terms(module, params, batch, key, deterministic=True, split=True)
         kl = t["kl_z"] + t["kl_l"]
-        loss = -jnp.mean(t["rec"] - kl)
-        return loss, {"rec": -jnp.mean(t["rec"]), "kl_z": jnp.mean(t["kl_z"]), "kl_l": jnp.mean(t["kl_l"]),
-                      "elbo": -loss}
+        rec = jnp.mean(t["rec"]) + t["rec_total"] / t["rec"].shape[0]
+        loss = -(rec - jnp.mean(kl))
+        return loss, {"rec": -rec, "kl_z": jnp.mean(t["kl_z"]), "kl_l": jnp.mean(t["kl_l"]), "elbo": -loss}
 
     return eval_fn
 

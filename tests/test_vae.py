@@ -16,7 +16,7 @@ from scipy.special import gammaln
 import genjax
 from genjax._data import _ell
 from genjax._vae import _gauss_kl
-from genjax._vae_fastnb import SMALL, fast_count_log_lik
+from genjax._vae_fastnb import SMALL, fast_count_log_lik, small_count_histogram
 
 # -- the fused loss is the public log-pmf ----------------------------------------------------------------------
 
@@ -72,6 +72,50 @@ def test_fused_count_loss_equals_public_log_prob(rng, likelihood):
             jnp.broadcast_to(log_theta, (b, g)))
         np.testing.assert_allclose(v3, jnp.dot(v1, w), rtol=1e-6)
         np.testing.assert_allclose(g3.sum(0), g1[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_split_loss_total_equals_public_log_prob(rng, likelihood):
+    """The training loss's split: per-cell terms without the small-count part plus its batch total from the
+    histogram give the public log-pmf's batch total, value and gradients (the loss weighs cells equally)."""
+    b, g = 9, 25
+    x = rng.negative_binomial(1, 0.3, (b, g)).astype(np.float32) * (rng.random((b, g)) < 0.6)
+    x[0, 1] = 900.0
+    x[1, :10] = np.arange(10)
+    big_idx, big_val = _ell(x, int((x > SMALL).sum(1).max()), SMALL)
+    batch = {"x": jnp.asarray(x), "lfact": jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32),
+             "nzl_idx": jnp.asarray(big_idx), "nzl_val": jnp.asarray(big_val)}
+    log_mu = jnp.asarray(rng.normal(0.5, 2.0, (b, g)), jnp.float32)
+    log_theta = jnp.asarray(rng.uniform(-4, 12, (g,)), jnp.float32)
+    zi = jnp.asarray(rng.normal(0, 1.5, (b, g)), jnp.float32)
+
+    def split_total(lm, lt, z):
+        per_cell, shared = fast_count_log_lik(likelihood, batch["x"], {"log_mu": lm, "log_theta": lt,
+                                                                       "zi_logits": z}, batch, split=True)
+        return jnp.sum(per_cell) + shared
+
+    def public_total(lm, lt, z):
+        if likelihood == "nb":
+            return jnp.sum(genjax.nb_log_prob_log(batch["x"], lm, lt))
+        return jnp.sum(genjax.zinb_log_prob_log(batch["x"], lm, lt, z))
+
+    v1, g1 = jax.jit(jax.value_and_grad(split_total, argnums=(0, 1, 2)))(log_mu, log_theta, zi)
+    v2, g2 = jax.jit(jax.value_and_grad(public_total, argnums=(0, 1, 2)))(log_mu, log_theta, zi)
+    np.testing.assert_allclose(v1, v2, rtol=2e-6)
+    for a, c, name in zip(g1, g2, ("log_mu", "log_theta", "zi_logits"), strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4 * (1 + float(jnp.max(jnp.abs(c)))), err_msg=name)
+    per_cell, shared = fast_count_log_lik(likelihood, batch["x"], {"log_mu": log_mu, "log_theta": log_theta,
+                                                                   "zi_logits": zi}, batch, split=True)
+    assert float(shared) != 0.0  # the histogram route was taken (P(v, theta) != 0 for v >= 2)
+
+
+@pytest.mark.parametrize("n", [1, 3, 127, 128, 255, 256, 1024, 70000])
+def test_small_count_histogram_is_exact_for_every_field_width(rng, n):
+    """Packed uint32 bit fields: no carry between values at the largest batch each field width allows."""
+    x = rng.integers(0, SMALL + 3, size=(n, 7)).astype(np.float32)
+    x[:, 0] = 5.0  # one gene where every cell has the same count: its field reaches n
+    expected = np.stack([(x == v).sum(0) for v in range(1, SMALL + 1)], axis=1)
+    np.testing.assert_array_equal(np.asarray(small_count_histogram(jnp.asarray(x))), expected)
 
 
 def test_gaussian_kl_closed_form(rng):
