@@ -149,10 +149,17 @@ def _select(x, table):
 
 
 def _small_tables(log_theta):
-    """``T[g, v] = P(v, theta_g)`` and ``dT[g, v] = theta_g dP/dtheta`` for ``v = 1..SMALL``, (genes, SMALL)."""
+    """``T[g, v] = P(v, theta_g)`` and ``dT[g, v] = theta_g dP/dtheta`` for ``v = 1..SMALL``, (genes, SMALL).
+
+    By the recurrence ``P(v, theta) = sum_{k < v} log1p(k / theta)`` and ``theta dP/dtheta = -sum_{k < v}
+    k / (theta + k)``: sums of same-signed, individually accurate terms (relative error a few ulp per term), as
+    one product with a triangular 0/1 matrix, which also materialises the tables (see :func:`_materialize`).
+    """
     theta = jnp.exp(log_theta)[:, None]
-    v = jnp.arange(1, SMALL + 1, dtype=theta.dtype)[None, :]
-    return _materialize(S.log_pochhammer_ratio(v, theta)), _materialize(_poch_grad_theta(v, theta))
+    k = jnp.arange(1, SMALL, dtype=theta.dtype)[None, :]
+    tri = (jnp.arange(1, SMALL)[:, None] < jnp.arange(1, SMALL + 1)[None, :]).astype(theta.dtype)
+    hi = jax.lax.Precision.HIGHEST
+    return (jnp.dot(jnp.log1p(k / theta), tri, precision=hi), jnp.dot(-k / (theta + k), tri, precision=hi))
 
 
 def _materialize(table):

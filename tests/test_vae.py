@@ -16,7 +16,7 @@ from scipy.special import gammaln
 import genjax
 from genjax._data import _ell
 from genjax._vae import _gauss_kl
-from genjax._vae_fastnb import SMALL, fast_count_log_lik, small_count_histogram
+from genjax._vae_fastnb import SMALL, _small_tables, fast_count_log_lik, small_count_histogram
 
 # -- the fused loss is the public log-pmf ----------------------------------------------------------------------
 
@@ -107,6 +107,22 @@ def test_split_loss_total_equals_public_log_prob(rng, likelihood):
     per_cell, shared = fast_count_log_lik(likelihood, batch["x"], {"log_mu": log_mu, "log_theta": log_theta,
                                                                    "zi_logits": zi}, batch, split=True)
     assert float(shared) != 0.0  # the histogram route was taken (P(v, theta) != 0 for v >= 2)
+
+
+def test_small_count_tables_match_mpmath():
+    """The per-gene tables of the fused loss (by recurrence) against high-precision lgamma / digamma."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    log_theta = jnp.linspace(np.log(1e-4), np.log(1e8), 25, dtype=jnp.float32)
+    t, dt = map(np.asarray, _small_tables(log_theta))
+    assert t.shape == dt.shape == (25, SMALL)
+    for i, th in enumerate(np.asarray(jnp.exp(log_theta)).astype(np.float64)):
+        th = mpmath.mpf(float(th))
+        for v in range(1, SMALL + 1):
+            exact = mpmath.loggamma(v + th) - mpmath.loggamma(th) - v * mpmath.log(th)
+            dexact = th * (mpmath.digamma(v + th) - mpmath.digamma(th) - v / th)
+            assert abs(float(t[i, v - 1]) - exact) <= 5e-7 * abs(exact) + (0 if v > 1 else 1e-30), (th, v)
+            assert abs(float(dt[i, v - 1]) - dexact) <= 5e-7 * abs(dexact) + (0 if v > 1 else 1e-30), (th, v)
 
 
 @pytest.mark.parametrize("n", [1, 3, 127, 128, 255, 256, 1024, 70000])
