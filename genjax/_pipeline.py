@@ -62,6 +62,11 @@ class LatentGenerator:
         library: library sizes of generated cells: ``"empirical"`` (drawn from training cells with the same
             conditions, default) or ``"lognormal"`` (a log-normal fitted per condition combination).
         cond_dropout: probability of nulling each condition during prior training (classifier-free guidance).
+        prior_clusters: if ``k > 0``, the prior is also conditioned on ``k`` k-means clusters of the standardised
+            training points (unsupervised pseudo-conditions: no labels needed). Each generated cell takes the
+            cluster of the training cell its library size (and unrequested conditions) are drawn from, so the
+            clusters are sampled in training proportions. A multimodal latent distribution becomes ``k`` simpler
+            conditional ones; meant for generators with few or no ``conditions``.
         vae_kwargs: extra arguments of :class:`genjax.VAE` (``n_latent``, ``n_hidden``, ``dispersion``, ...).
         prior_kwargs: extra arguments of the prior network / SDE (see :func:`genjax.fit_prior`).
         target_sum: normalisation total of the ``"log1p"`` space.
@@ -74,8 +79,8 @@ class LatentGenerator:
     def __init__(self, adata, likelihood: str = "nb", prior: str = "diffusion",
                  conditions: Sequence[str] | str | None = None, layer: str | None = None, *,
                  space: str = "latent", decoder_conditions: bool = True, library: str = "empirical",
-                 cond_dropout: float = 0.1, vae_kwargs: dict | None = None, prior_kwargs: dict | None = None,
-                 target_sum: float = 1e4, seed: int = 0):
+                 cond_dropout: float = 0.1, prior_clusters: int = 0, vae_kwargs: dict | None = None,
+                 prior_kwargs: dict | None = None, target_sum: float = 1e4, seed: int = 0):
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}; got {space!r}")
         if library not in LIBRARIES:
@@ -84,10 +89,15 @@ class LatentGenerator:
             raise ValueError(f"prior must be 'diffusion' or 'flow'; got {prior!r}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1); got {cond_dropout}")
+        if isinstance(prior_clusters, bool) or int(prior_clusters) != prior_clusters or prior_clusters < 0:
+            raise ValueError(f"prior_clusters must be an integer >= 0; got {prior_clusters!r}")
+        if prior_clusters > adata.n_obs:
+            raise ValueError(f"prior_clusters={prior_clusters} is more than the {adata.n_obs} training cells")
         conditions = _as_list(conditions)
         self.options = dict(likelihood=likelihood, prior=prior, conditions=conditions, layer=layer, space=space,
                             decoder_conditions=bool(decoder_conditions), library=library,
-                            cond_dropout=float(cond_dropout), vae_kwargs=dict(vae_kwargs or {}),
+                            cond_dropout=float(cond_dropout), prior_clusters=int(prior_clusters),
+                            vae_kwargs=dict(vae_kwargs or {}),
                             prior_kwargs=dict(prior_kwargs or {}), target_sum=float(target_sum), seed=int(seed))
         self.adata = adata
         self.registry = DataRegistry.from_anndata(adata, conditions, [], layer)
@@ -103,6 +113,7 @@ class LatentGenerator:
         self.prior_model: PriorModel | None = None
         self._shift = self._scale = None  # standardisation of the prior's space
         self._log1p_max = None  # largest training value of the log1p space (generation clips there)
+        self._cluster: np.ndarray | None = None  # (cells,) k-means cluster of each training cell (prior_clusters)
         self.history: dict[str, list] = {}
 
     # ----------------------------------------------------------------------------------------------------------
@@ -171,8 +182,12 @@ class LatentGenerator:
         self._shift = points.mean(axis=0).astype(np.float32)
         self._scale = (points.std(axis=0) + 1e-6).astype(np.float32)
         z = (points - self._shift) / self._scale
-        cond = self._condition(self._cat)
         num_classes = tuple(len(c) for c in self.registry.conditions.values())
+        k = self.options.get("prior_clusters", 0)
+        self._cluster = _kmeans_labels(z, k, seed) if k else None
+        cond = self._condition(self._prior_cat(self._cat, self._cluster))
+        if k:
+            num_classes = num_classes + (k,)
         self.prior_model, history = fit_prior(
             z, cond, kind=self.options["prior"], num_classes=num_classes, steps=prior_steps,
             batch_size=prior_batch_size, lr=prior_lr, cond_dropout=self.options["cond_dropout"], seed=seed,
@@ -181,12 +196,19 @@ class LatentGenerator:
         self.history["prior"] = history
         return self
 
+    def _prior_cat(self, cat: np.ndarray, cluster: np.ndarray | None) -> np.ndarray:
+        """The prior's category codes: the conditions, then the cluster column when ``prior_clusters > 0``."""
+        if cluster is None:
+            return cat
+        return np.concatenate([cat, np.asarray(cluster, np.int32).reshape(-1, 1)], axis=1)
+
     def _require_fitted(self):
         if self.prior_model is None:
             raise RuntimeError("the generator is not fitted; call fit() first (or LatentGenerator.load(path))")
 
     def _draw_conditions(self, n: int, rng: np.random.Generator, conditions: dict):
-        """Category codes (n, n_conditions) and log library sizes (n,) for ``n`` cells with ``conditions``.
+        """Category codes (n, n_conditions), log library sizes (n,) and the training rows (n,) they came from,
+        for ``n`` cells with ``conditions``.
 
         Conditions not given are drawn jointly with the library size from training cells that match the given
         ones, i.e. in training proportions.
@@ -214,10 +236,11 @@ class LatentGenerator:
                 ll = self._log_lib[sel] if sel.any() else self._log_lib
                 m = inverse.reshape(-1) == j
                 log_lib[m] = rng.normal(ll.mean(), ll.std() + 1e-6, m.sum())
-        return cat, log_lib.astype(np.float32)
+        return cat, log_lib.astype(np.float32), rows
 
     def sample_latent(self, n: int, *, seed: int = 0, guidance: float | dict | None = None,
-                      cat: np.ndarray | None = None, **sampler_kwargs) -> np.ndarray:
+                      cat: np.ndarray | None = None, cluster: np.ndarray | None = None,
+                      **sampler_kwargs) -> np.ndarray:
         """Draw ``n`` points from the fitted prior (in the VAE latent / log1p space, de-standardised).
 
         Arguments:
@@ -225,19 +248,34 @@ class LatentGenerator:
             guidance: classifier-free guidance weight (a float, or a dict per condition key); ``None`` or
                 ``1.0`` samples the plain conditional model, ``0`` the unconditional one.
             cat: category codes (n, n_conditions) (``-1`` for a null / unrequested attribute).
+            cluster: with ``prior_clusters > 0``, the cluster of each point (n,) int; default: the clusters of
+                ``n`` training cells drawn at random with ``seed`` (training proportions).
             sampler_kwargs: passed to the prior's sampler (e.g. ``method="sde"``, ``n_steps=...``).
 
         Returns:
             ``(n, dim)`` float32 numpy array.
         """
         self._require_fitted()
-        cond = None if cat is None else self._condition(np.asarray(cat, np.int32))
+        clustered = self._cluster is not None
+        if clustered:
+            if cluster is None:
+                cluster = self._cluster[np.random.default_rng(seed).integers(0, len(self._cluster), n)]
+            cluster = np.asarray(cluster)
+            k = self.options["prior_clusters"]
+            if cluster.shape != (n,) or cluster.min() < 0 or cluster.max() >= k:
+                raise ValueError(f"cluster must be {n} integer codes in [0, {k}); got shape {cluster.shape}")
+            if cat is None:
+                cat = np.full((n, len(self.registry.conditions)), -1, np.int32)
+        cond = None if cat is None else self._condition(
+            self._prior_cat(np.asarray(cat, np.int32), cluster if clustered else None))
         if isinstance(guidance, dict):
             unknown = set(guidance) - set(self.registry.conditions)
             if unknown:
                 raise KeyError(f"guidance given for {sorted(unknown)}, which are not conditions of this model "
                                f"({list(self.registry.conditions)})")
             guidance = tuple(float(guidance.get(k, 1.0)) for k in self.registry.conditions)
+            if clustered:
+                guidance = guidance + (1.0,)
         z = sample_prior(self.prior_model, jax.random.key(seed), n, cond=cond, guidance=guidance,
                          **sampler_kwargs)
         return np.asarray(z) * self._scale + self._shift
@@ -270,10 +308,11 @@ class LatentGenerator:
             raise ValueError(f"n must be >= 1, got {n}")
         n = int(n)
         rng = np.random.default_rng(seed)
-        cat, log_lib = self._draw_conditions(n, rng, conditions)
+        cat, log_lib, rows = self._draw_conditions(n, rng, conditions)
         key_z, key_x = jax.random.split(jax.random.key(seed))
+        cluster = None if self._cluster is None else self._cluster[rows]
         z = self.sample_latent(n, seed=int(jax.random.randint(key_z, (), 0, 2**31 - 1)), guidance=guidance,
-                               cat=cat, **(sampler_kwargs or {}))
+                               cat=cat, cluster=cluster, **(sampler_kwargs or {}))
         if self.options["space"] == "latent":
             counts = self._decode(z, log_lib, cat, key_x, batch_size)
         else:
@@ -320,7 +359,10 @@ class LatentGenerator:
             if self.vae is not None:
                 self.vae.save(tmp / "vae")
             save_pytree(tmp / "prior.msgpack", self.prior_model.params)
-            save_pytree(tmp / "train_cells.msgpack", {"cat": self._cat, "log_lib": self._log_lib})
+            cells = {"cat": self._cat, "log_lib": self._log_lib}
+            if self._cluster is not None:
+                cells["cluster"] = self._cluster
+            save_pytree(tmp / "train_cells.msgpack", cells)
             (tmp / "generator.json").write_text(json.dumps(meta, indent=1, default=_json_default))
 
     @classmethod
@@ -340,6 +382,7 @@ class LatentGenerator:
         stats = load_pytree(path / "train_cells.msgpack")
         self._log_lib = np.asarray(stats["log_lib"], np.float32)
         self._cat = np.asarray(stats["cat"], np.int32).reshape(len(self._log_lib), len(self.registry.conditions))
+        self._cluster = np.asarray(stats["cluster"], np.int32) if "cluster" in stats else None
         self._shift = np.asarray(meta["shift"], np.float32)
         self._scale = np.asarray(meta["scale"], np.float32)
         self._log1p_max = meta["log1p_max"]
@@ -347,6 +390,20 @@ class LatentGenerator:
         self.prior_model = load_prior(meta["prior"], path / "prior.msgpack")
         self.history = meta["history"]
         return self
+
+
+def _kmeans_labels(z: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means cluster codes (cells,) int32 of the rows of ``z`` (k-means++ start, the best of 4 restarts)."""
+    from scipy.cluster.vq import kmeans2
+
+    z = np.asarray(z, np.float64)
+    best, best_inertia = None, np.inf
+    for r in range(4):
+        centroids, labels = kmeans2(z, k, minit="++", seed=np.random.default_rng([seed, r]))
+        inertia = float(np.sum((z - centroids[labels]) ** 2))
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best.astype(np.int32)
 
 
 def _json_default(o: Any):

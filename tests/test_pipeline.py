@@ -111,3 +111,45 @@ def test_log1p_baseline(data):
     x = np.asarray(out.X)
     assert x.shape == (50, data.n_vars) and np.all(x >= 0) and np.all(x == np.round(x))
     assert gen.vae is None
+
+
+def test_kmeans_labels_recover_separated_blobs():
+    from genjax._pipeline import _kmeans_labels
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]])
+    truth = rng.integers(0, 4, 400)
+    z = centres[truth] + rng.normal(size=(400, 3))
+    labels = _kmeans_labels(z, 4, seed=0)
+    np.testing.assert_array_equal(labels, _kmeans_labels(z, 4, seed=0))  # deterministic given the seed
+    # a bijection between clusters and blobs, up to the few points that fall nearer another centre
+    agree = sum(np.bincount(labels[truth == t], minlength=4).max() for t in range(4))
+    assert agree / 400 >= 0.97 and len(set(labels)) == 4
+
+
+def test_prior_clusters_without_conditions(tmp_path, data):
+    """Unsupervised pseudo-conditions: clusters follow the hidden types, are drawn in training proportions with
+    the library sizes, can be requested one by one, and survive save / load."""
+    gen = genjax.LatentGenerator(data, space="log1p", prior_clusters=3, prior_kwargs=SMALL_PRIOR)
+    gen.fit(prior_steps=600, progress=False)
+    types = np.asarray(data.obs["cell_type"])
+    purity = sum(np.unique(types[gen._cluster == c], return_counts=True)[1].max() for c in range(3)) / len(types)
+    assert purity >= 0.9
+    points = (gen.prior_data() - gen._shift) / gen._scale
+    centres = np.stack([points[gen._cluster == c].mean(0) for c in range(3)])
+    for c in range(3):  # requested clusters land at their centres (real points: 100%), sharper with guidance
+        for w, floor in ((None, 0.8), (2.0, 0.95)):
+            z = (gen.sample_latent(60, seed=c, cluster=np.full(60, c), guidance=w) - gen._shift) / gen._scale
+            nearest = np.argmin(((z[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+            assert np.mean(nearest == c) >= floor, (c, w, np.bincount(nearest, minlength=3))
+    out = gen.generate(40, seed=5)
+    assert out.shape == (40, data.n_vars) and list(out.obs.columns) == ["library_size"]
+    gen.save(tmp_path / "clustered")
+    loaded = genjax.LatentGenerator.load(tmp_path / "clustered")
+    np.testing.assert_array_equal(loaded._cluster, gen._cluster)
+    np.testing.assert_array_equal(np.asarray(loaded.generate(40, seed=5).X), np.asarray(out.X))
+    with pytest.raises(ValueError, match="cluster must be 5 integer codes"):
+        gen.sample_latent(5, cluster=np.full(5, 3))
+    for bad in (-1, 2.5, True, data.n_obs + 1):
+        with pytest.raises(ValueError, match="prior_clusters"):
+            genjax.LatentGenerator(data, space="log1p", prior_clusters=bad)
