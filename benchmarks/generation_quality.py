@@ -10,10 +10,12 @@ Targets: unconditional energy distance <= 0.8 and 5-NN accuracy <= 0.53; conditi
 
 Rows: "types drawn": cell types not requested, drawn in training proportions (the model still conditions on
 them); "conditional": the held-out cells' types requested; "no conditions" (``--no-condition-model``): a generator
-fitted without the cell type, the like-for-like comparison with SCVI sampled from its N(0, I) prior.
+fitted without the cell type, the like-for-like comparison with SCVI sampled from its N(0, I) prior, and
+("no conditions, K clusters", ``--clusters K``, default 16) the same with its prior conditioned on K k-means clusters
+of the training latents (still no labels).
 
 usage: python benchmarks/generation_quality.py [--peer-python /work/venv-peer/bin/python] [--skip-peer]
-                                               [--priors diffusion,flow] [--no-condition-model]
+                                               [--priors diffusion,flow] [--no-condition-model] [--clusters 16]
                                                [--out benchmarks/out/quality]
 """
 
@@ -57,6 +59,9 @@ def main():
     p.add_argument("--peer-python", default=os.environ.get("GENJAX_PEER_PYTHON", "/work/venv-peer/bin/python"))
     p.add_argument("--skip-peer", action="store_true")
     p.add_argument("--priors", default="diffusion", help="comma-separated: diffusion, flow")
+    p.add_argument("--clusters", type=int, default=16,
+                   help="with --no-condition-model, also a generator whose prior is conditioned on this many "
+                        "k-means clusters of the latents (0: not)")
     p.add_argument("--no-condition-model", action="store_true",
                    help="also fit a generator without any condition (like-for-like with SCVI's N(0, I) prior)")
     p.add_argument("--vae-epochs", type=int, default=None)
@@ -117,18 +122,27 @@ def main():
             print(f"genjax {prior} without conditions: trained in {time.perf_counter() - t0:.0f} s", flush=True)
             results[f"genjax {prior}, no conditions"], _ = evaluate(test, train, plain.generate(test.n_obs, seed=a.seed + 1),
                                                                   False)
+            if a.clusters:
+                # still no labels: the prior conditioned on k-means clusters of the training latents
+                t0 = time.perf_counter()
+                clustered = genjax.LatentGenerator(train, prior=prior, prior_clusters=a.clusters, seed=a.seed)
+                clustered.fit(vae_epochs=a.vae_epochs, prior_steps=a.prior_steps, seed=a.seed, progress=False)
+                print(f"genjax {prior} without conditions, {a.clusters} clusters: trained in "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+                results[f"genjax {prior}, no conditions, {a.clusters} clusters"], _ = evaluate(
+                    test, train, clustered.generate(test.n_obs, seed=a.seed + 1), False)
 
     print()
-    print(f"{'model':36s} {'energy':>8s} {'5-NN acc':>9s} {'label acc':>10s} {'max 5-NN per type':>18s}")
+    print(f"{'model':46s} {'energy':>8s} {'5-NN acc':>9s} {'label acc':>10s} {'max 5-NN per type':>18s}")
     first = next(iter(results.values()))
-    print(f"{'real-vs-real control (train cells)':36s} {first['energy_distance_control']:8.3f} "
+    print(f"{'real-vs-real control (train cells)':46s} {first['energy_distance_control']:8.3f} "
           f"{first['knn_accuracy_control']:9.3f} {first['label_accuracy_control']:10.3f}")
     for name, r in results.items():
         per = r.get("knn_per_type")
         worst = "" if not per else f"{np.nanmax(list(per.values())):.3f}"
         conditional = "decoder" in name or name.endswith(", conditional")
         label = f"{r['label_accuracy']:10.3f}" if conditional else f"{'-':>10s}"
-        print(f"{name:36s} {r['energy_distance']:8.3f} {r['knn_accuracy']:9.3f} {label} {worst:>18s}")
+        print(f"{name:46s} {r['energy_distance']:8.3f} {r['knn_accuracy']:9.3f} {label} {worst:>18s}")
     for prior in timing:
         per = results[f"genjax {prior}, conditional"]["knn_per_type"]
         print(f"\ngenjax {prior} conditional 5-NN accuracy per cell type:",
