@@ -59,7 +59,8 @@ def _fit_generator(adata, args, out_model: Path | None):
     import genjax
 
     gen = genjax.LatentGenerator(adata, likelihood=args.likelihood, prior=args.prior, conditions=args.condition_key,
-                                 layer=getattr(args, "layer", None), seed=args.seed)
+                                 layer=getattr(args, "layer", None), prior_clusters=args.prior_clusters,
+                                 seed=args.seed)
     gen.fit(vae_epochs=args.vae_epochs, prior_steps=args.prior_steps, seed=args.seed, progress=not args.quiet,
             checkpoint_dir=None if out_model is None else out_model.parent / (out_model.name + ".ckpt"),
             resume=getattr(args, "resume", False))
@@ -175,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--prior", default="diffusion", choices=["diffusion", "flow"])
         q.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: scvi-tools' rule)")
         q.add_argument("--prior-steps", type=int, default=4000)
+        q.add_argument("--prior-clusters", type=int, default=0, metavar="K",
+                       help="also condition the prior on K k-means clusters of the latents (no labels needed)")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
