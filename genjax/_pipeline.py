@@ -155,7 +155,8 @@ class LatentGenerator:
     # ----------------------------------------------------------------------------------------------------------
     def fit(self, *, vae_epochs: int | None = None, prior_steps: int = 4000, batch_size: int = 128,
             prior_batch_size: int = 256, prior_lr: float = 1e-3, checkpoint_dir=None, resume: bool = False,
-            progress: bool = True, seed: int = 0, vae_fit_kwargs: dict | None = None) -> LatentGenerator:
+            progress: bool = True, seed: int = 0, vae_fit_kwargs: dict | None = None,
+            fit_vae: bool = True) -> LatentGenerator:
         """Fit the VAE (latent space), encode the training cells, then fit the conditional prior.
 
         Arguments:
@@ -167,12 +168,19 @@ class LatentGenerator:
             progress: tqdm progress bars.
             seed: seed of the training loops.
             vae_fit_kwargs: extra arguments of :meth:`genjax.VAE.fit`.
+            fit_vae: ``False`` keeps the VAE of an earlier ``fit`` and refits only the prior (for instance
+                with other ``prior_clusters`` or prior settings on the same latents).
 
         Returns:
             ``self``.
+
+        Raises:
+            ValueError: ``fit_vae=False`` before the VAE was ever fitted.
         """
         ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
-        if self.vae is not None:
+        if not fit_vae and self.vae is not None and not self.vae.history:
+            raise ValueError("fit_vae=False needs a fitted VAE; call fit() once with fit_vae=True first")
+        if self.vae is not None and fit_vae:
             self.vae.fit(max_epochs=vae_epochs, batch_size=batch_size, seed=seed, progress=progress,
                          checkpoint_dir=None if ckpt is None else ckpt / "vae", resume=resume,
                          **(vae_fit_kwargs or {}))

@@ -153,21 +153,16 @@ def _small_tables(log_theta):
 
     By the recurrence ``P(v, theta) = sum_{k < v} log1p(k / theta)`` and ``theta dP/dtheta = -sum_{k < v}
     k / (theta + k)``: sums of same-signed, individually accurate terms (relative error a few ulp per term), as
-    one product with a triangular 0/1 matrix, which also materialises the tables (see :func:`_materialize`).
+    one product with a triangular 0/1 matrix. The product also keeps the tables a separate, materialised
+    operation: XLA's CPU fusion would otherwise inline the cheap-looking per-gene arithmetic into the per-entry
+    select chain and re-evaluate it for every cell (measured: 96 ops per entry with an earlier elementwise
+    table), and ``lax.optimization_barrier`` is dropped on CPU.
     """
     theta = jnp.exp(log_theta)[:, None]
     k = jnp.arange(1, SMALL, dtype=theta.dtype)[None, :]
     tri = (jnp.arange(1, SMALL)[:, None] < jnp.arange(1, SMALL + 1)[None, :]).astype(theta.dtype)
     hi = jax.lax.Precision.HIGHEST
     return (jnp.dot(jnp.log1p(k / theta), tri, precision=hi), jnp.dot(-k / (theta + k), tri, precision=hi))
-
-
-def _materialize(table):
-    """``table`` itself, computed once. XLA's CPU fusion would otherwise inline the (cheap-looking) polynomial
-    arithmetic of a per-gene table into the per-entry loop and re-evaluate it for every cell (measured: 96 ops
-    per entry), and ``lax.optimization_barrier`` is dropped on CPU; a product with the identity matrix is an
-    exact copy (finite tables) that XLA keeps as a separate, materialised operation."""
-    return jnp.dot(table, jnp.eye(table.shape[-1], dtype=table.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
 @jax.custom_vjp

@@ -86,6 +86,17 @@ def test_flow_prior_generates_the_requested_type_and_round_trips(tmp_path, data)
     assert loaded.prior_model.kind == "flow"
     a, b = (g.generate(20, seed=4, cell_type="type_0", sampler_kwargs={"n_steps": 8}) for g in (gen, loaded))
     np.testing.assert_array_equal(np.asarray(a.X), np.asarray(b.X))
+    # fit_vae=False: the prior is refitted on the same VAE (unchanged parameters and history)
+    import jax
+
+    vae_before = jax.tree.map(np.asarray, gen.vae.params)
+    n_epochs = len(gen.vae.history)
+    prior_before = jax.tree.leaves(gen.prior_model.params)[0].copy()
+    gen.fit(prior_steps=20, seed=1, progress=False, fit_vae=False)
+    for p, q in zip(jax.tree.leaves(vae_before), jax.tree.leaves(gen.vae.params), strict=True):
+        np.testing.assert_array_equal(p, np.asarray(q))
+    assert len(gen.vae.history) == n_epochs
+    assert not np.array_equal(prior_before, jax.tree.leaves(gen.prior_model.params)[0])
 
 
 def test_bad_inputs_raise_named_errors(data, generator):
@@ -148,6 +159,8 @@ def test_prior_clusters_without_conditions(tmp_path, data):
     loaded = genjax.LatentGenerator.load(tmp_path / "clustered")
     np.testing.assert_array_equal(loaded._cluster, gen._cluster)
     np.testing.assert_array_equal(np.asarray(loaded.generate(40, seed=5).X), np.asarray(out.X))
+    with pytest.raises(ValueError, match="fit_vae=False needs a fitted VAE"):
+        genjax.LatentGenerator(data, vae_kwargs=SMALL_VAE).fit(fit_vae=False, progress=False)
     with pytest.raises(ValueError, match="cluster must be 5 integer codes"):
         gen.sample_latent(5, cluster=np.full(5, 3))
     for bad in (-1, 2.5, True, data.n_obs + 1):
