@@ -257,7 +257,8 @@ class LatentGenerator:
                 ``1.0`` samples the plain conditional model, ``0`` the unconditional one.
             cat: category codes (n, n_conditions) (``-1`` for a null / unrequested attribute).
             cluster: with ``prior_clusters > 0``, the cluster of each point (n,) int; default: the clusters of
-                ``n`` training cells drawn at random with ``seed`` (training proportions).
+                ``n`` training cells drawn at random with ``seed`` (training proportions), independently of
+                ``cat`` (:meth:`generate` draws the clusters jointly with the conditions instead).
             sampler_kwargs: passed to the prior's sampler (e.g. ``method="sde"``, ``n_steps=...``).
 
         Returns:
@@ -270,8 +271,12 @@ class LatentGenerator:
                 cluster = self._cluster[np.random.default_rng(seed).integers(0, len(self._cluster), n)]
             cluster = np.asarray(cluster)
             k = self.options["prior_clusters"]
-            if cluster.shape != (n,) or cluster.min() < 0 or cluster.max() >= k:
-                raise ValueError(f"cluster must be {n} integer codes in [0, {k}); got shape {cluster.shape}")
+            if (cluster.shape != (n,) or not np.issubdtype(cluster.dtype, np.integer)
+                    or (n and (cluster.min() < 0 or cluster.max() >= k))):
+                got = f"shape {cluster.shape}, dtype {cluster.dtype}"
+                if cluster.size and np.issubdtype(cluster.dtype, np.number):
+                    got += f", values in [{cluster.min()}, {cluster.max()}]"
+                raise ValueError(f"cluster must be {n} integer codes in [0, {k}); got {got}")
             if cat is None:
                 cat = np.full((n, len(self.registry.conditions)), -1, np.int32)
         cond = None if cat is None else self._condition(

@@ -161,8 +161,10 @@ def test_prior_clusters_without_conditions(tmp_path, data):
     np.testing.assert_array_equal(np.asarray(loaded.generate(40, seed=5).X), np.asarray(out.X))
     with pytest.raises(ValueError, match="fit_vae=False needs a fitted VAE"):
         genjax.LatentGenerator(data, vae_kwargs=SMALL_VAE).fit(fit_vae=False, progress=False)
-    with pytest.raises(ValueError, match="cluster must be 5 integer codes"):
+    with pytest.raises(ValueError, match=r"cluster must be 5 integer codes in \[0, 3\).*values in \[3, 3\]"):
         gen.sample_latent(5, cluster=np.full(5, 3))
+    with pytest.raises(ValueError, match="dtype float64"):
+        gen.sample_latent(5, cluster=np.full(5, 1.0))
     for bad in (-1, 2.5, True, data.n_obs + 1):
         with pytest.raises(ValueError, match="prior_clusters"):
             genjax.LatentGenerator(data, space="log1p", prior_clusters=bad)
