@@ -1,26 +1,18 @@
 """genjax: JAX/Flax generative models of gene-expression counts.
 
-Layers (lower never imports higher): likelihoods -> nn blocks -> models (vae, sde, score, flow) -> solvers
-(sampling) -> training -> data -> pipelines -> metrics / plots / report -> cli. The public API is re-exported
-here by name; the private modules hold one concept each.
+Layers (lower never imports higher): data -> likelihoods -> nn -> vae, diffusion, flow -> fields -> solvers ->
+training -> models -> evaluation -> cli. Each layer is a subpackage.
 """
 
-from . import datasets, metrics, nn, plots, report  # noqa: F401
-from ._checkpoint import *  # noqa: F403
-from ._data import *  # noqa: F403
-from ._distributed import *  # noqa: F403
-from ._distributions import *  # noqa: F403
-from ._flow import *  # noqa: F403
-from ._flow_sampling import *  # noqa: F403
-from ._guidance import *  # noqa: F403
-from ._likelihoods import *  # noqa: F403
-from ._pipeline import *  # noqa: F403
-from ._prior import *  # noqa: F403
-from ._sampling import *  # noqa: F403
-from ._score import *  # noqa: F403
-from ._sde import *  # noqa: F403
-from ._train import *  # noqa: F403
-from ._vae import *  # noqa: F403
-from ._vae_model import *  # noqa: F403
+from . import data, datasets, evaluation, metrics, nn, plots, report  # noqa: F401
+from .data import *  # noqa: F403
+from .diffusion import *  # noqa: F403
+from .fields import *  # noqa: F403
+from .flow import *  # noqa: F403
+from .likelihoods import *  # noqa: F403
+from .models import *  # noqa: F403
+from .solvers import *  # noqa: F403
+from .training import *  # noqa: F403
+from .vae import *  # noqa: F403
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 import genjax
-from genjax._data import CountData, _ell
+from genjax.data._matrix import CountData, _ell
 
 
 def _adata(rng, n=30, g=12, sparse=False):

@@ -13,7 +13,7 @@ import scipy.special
 import scipy.stats
 
 import genjax
-from genjax import _special
+from genjax.likelihoods import _special
 
 X = np.array([0.0, 1.0, 3.0, 10.0, 250.0])
 MU = np.array([0.5, 2.0, 3.0, 40.0, 200.0])

@@ -125,7 +125,7 @@ def test_log1p_baseline(data):
 
 
 def test_kmeans_labels_recover_separated_blobs():
-    from genjax._pipeline import _kmeans_labels
+    from genjax.models._latent_generator import _kmeans_labels
 
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]])

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import genjax
-from genjax._feed import num_examples as _num_examples
+from genjax.training._feed import num_examples as _num_examples
 
 N, D = 96, 3
 

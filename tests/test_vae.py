@@ -14,9 +14,9 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 import genjax
-from genjax._data import _ell
-from genjax._vae import _gauss_kl
-from genjax._vae_fastnb import SMALL, _small_tables, fast_count_log_lik, small_count_histogram
+from genjax.data._matrix import _ell
+from genjax.vae._module import _gauss_kl
+from genjax.likelihoods._fused import SMALL, _small_tables, fast_count_log_lik, small_count_histogram
 
 # -- the fused loss is the public log-pmf ----------------------------------------------------------------------
 
@@ -449,7 +449,7 @@ def test_host_init_matches_module_structure_and_scales():
     module = genjax.VAEModule(50, "zinb", dispersion="gene-cell", n_categories=(3, 2), n_continuous=1,
                               library="latent", conditional_prior=True, n_layers=2, n_hidden=64)
     params = genjax.vae_init(module, seed=1)
-    abstract = jax.eval_shape(module.init, jax.random.key(0), genjax._vae._dummy_batch(module))["params"]
+    abstract = jax.eval_shape(module.init, jax.random.key(0), genjax.vae._module._dummy_batch(module))["params"]
     assert jax.tree.structure(params) == jax.tree.structure(abstract)
     for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(abstract), strict=True):
         assert p.shape == a.shape and p.dtype == a.dtype
@@ -463,7 +463,7 @@ def test_host_init_matches_module_structure_and_scales():
 
 def test_training_loss_equals_the_per_cell_negative_elbo(cvae):
     """make_vae_loss / make_vae_eval_loss (split small-count total) == the mean of the exact per-cell terms."""
-    from genjax._vae import make_vae_eval_loss, make_vae_loss, vae_elbo_terms
+    from genjax.vae._module import make_vae_eval_loss, make_vae_loss, vae_elbo_terms
 
     batch = jax.tree.map(jnp.asarray, cvae._data_for(None).batch(np.arange(64)))
     assert "nzl_idx" in batch  # the gene-dispersion NB route, where the histogram total applies

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from genjax._vae import _normal_from_bits
+from genjax.vae._module import _normal_from_bits
 
 
 def test_extreme_bit_patterns_are_finite():

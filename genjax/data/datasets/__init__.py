@@ -1,0 +1,13 @@
+"""Data sets: the bundled PBMC3k counts and synthetic generators with known truth.
+
+* :func:`pbmc3k`: 2638 PBMCs x 2767 genes of raw UMI counts with 8 cell-type labels (10x Genomics, CC BY 4.0),
+  shipped inside the package (``genjax/data/datasets/data/``, with its provenance and licence).
+* :func:`synthetic_counts`: single-cell-like NB counts with known mean proportions per cell type and known
+  per-gene inverse dispersions.
+* :func:`toy_bulk`: bulk-like NB counts with known tissue, disease and batch effects.
+"""
+
+from ._bundled import pbmc3k
+from ._synthetic import synthetic_counts, toy_bulk
+
+__all__ = ["pbmc3k", "synthetic_counts", "toy_bulk"]

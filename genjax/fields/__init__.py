@@ -1,0 +1,3 @@
+"""What the solvers integrate: score, velocity and guided fields."""
+
+from ._guidance import *  # noqa: F403

@@ -1,0 +1,3 @@
+"""Flow matching: probability paths, couplings, conditional flow matching."""
+
+from ._flow import *  # noqa: F403

@@ -1,0 +1,428 @@
+"""``genjax.LatentGenerator``: the latent generative pipeline for count data.
+
+counts -> log1p -> VAE encoder -> z -> (standardise) -> diffusion or flow prior, conditional with guidance
+-> z' -> VAE decoder -> NB / ZINB / Poisson(mu, theta) -> sampled counts, with library sizes drawn per condition.
+
+Two spaces are supported:
+
+* ``space="latent"`` (default, the seed's recommended pipeline): a count VAE (:class:`genjax.VAE`) is fitted,
+  the training cells are encoded to their posterior means, and the prior is fitted on those latents.
+* ``space="log1p"`` (the seed's "Solution 2" baseline): the prior is fitted directly on log1p of counts
+  normalised to ``target_sum`` (standardised per gene); generated values are mapped back with ``expm1``,
+  clipped at 0, rescaled to a drawn library size and rounded.
+
+The prior is a denoising score model on an SDE (``prior="diffusion"``) or a flow-matching velocity model
+(``prior="flow"``), conditioned on the categorical conditions through :class:`genjax.nn.Condition` with a null
+token per attribute; condition dropout during training makes classifier-free guidance available at sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import nn as gnn
+from ..training._checkpoint import atomic_directory, load_pytree, save_pytree
+from ..data._matrix import DataRegistry, get_matrix, row_sums, validate_counts
+from ._latent_prior import PriorModel, fit_prior, load_prior, sample_prior
+from ._vae import VAE
+
+__all__ = ["LatentGenerator"]
+
+_FORMAT = "genjax.LatentGenerator/1"
+SPACES = ("latent", "log1p")
+LIBRARIES = ("empirical", "lognormal")
+
+
+def _as_list(v) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
+class LatentGenerator:
+    """Generate realistic count cells, by condition: a VAE plus a diffusion or flow prior on its latents.
+
+    Arguments:
+        adata: training cells, cells x genes, raw counts in ``X`` or ``layer`` (dense or sparse).
+        likelihood: VAE observation model: ``"nb"`` (default) | ``"zinb"`` | ``"poisson"``.
+        prior: ``"diffusion"`` (score model on a VP SDE, default) or ``"flow"`` (rectified flow matching).
+        conditions: ``obs`` keys of categorical conditions (e.g. ``["cell_type"]``) that generation can request.
+        layer: read counts from this layer instead of ``X``.
+        space: ``"latent"`` (default) or ``"log1p"`` (the direct baseline, no VAE).
+        decoder_conditions: also give the conditions to the VAE decoder (default ``True``): the latent then
+            carries within-condition variation and the decoder the condition's expression programme.
+        library: library sizes of generated cells: ``"empirical"`` (drawn from training cells with the same
+            conditions, default) or ``"lognormal"`` (a log-normal fitted per condition combination).
+        cond_dropout: probability of nulling each condition during prior training (classifier-free guidance).
+        prior_clusters: if ``k > 0``, the prior is also conditioned on ``k`` k-means clusters of the standardised
+            training points (unsupervised pseudo-conditions: no labels needed). Each generated cell takes the
+            cluster of the training cell its library size (and unrequested conditions) are drawn from, so the
+            clusters are sampled in training proportions. A multimodal latent distribution becomes ``k`` simpler
+            conditional ones; meant for generators with few or no ``conditions``.
+        vae_kwargs: extra arguments of :class:`genjax.VAE` (``n_latent``, ``n_hidden``, ``dispersion``, ...).
+        prior_kwargs: extra arguments of the prior network / SDE (see :func:`genjax.fit_prior`).
+        target_sum: normalisation total of the ``"log1p"`` space.
+        seed: seed of every initialisation.
+
+    Raises:
+        ValueError / KeyError: as :class:`genjax.VAE` for bad data, missing keys or bad option values.
+    """
+
+    def __init__(self, adata, likelihood: str = "nb", prior: str = "diffusion",
+                 conditions: Sequence[str] | str | None = None, layer: str | None = None, *,
+                 space: str = "latent", decoder_conditions: bool = True, library: str = "empirical",
+                 cond_dropout: float = 0.1, prior_clusters: int = 0, vae_kwargs: dict | None = None,
+                 prior_kwargs: dict | None = None, target_sum: float = 1e4, seed: int = 0):
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}; got {space!r}")
+        if library not in LIBRARIES:
+            raise ValueError(f"library must be one of {LIBRARIES}; got {library!r}")
+        if prior not in ("diffusion", "flow"):
+            raise ValueError(f"prior must be 'diffusion' or 'flow'; got {prior!r}")
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1); got {cond_dropout}")
+        if isinstance(prior_clusters, bool) or int(prior_clusters) != prior_clusters or prior_clusters < 0:
+            raise ValueError(f"prior_clusters must be an integer >= 0; got {prior_clusters!r}")
+        if prior_clusters > adata.n_obs:
+            raise ValueError(f"prior_clusters={prior_clusters} is more than the {adata.n_obs} training cells")
+        conditions = _as_list(conditions)
+        self.options = dict(likelihood=likelihood, prior=prior, conditions=conditions, layer=layer, space=space,
+                            decoder_conditions=bool(decoder_conditions), library=library,
+                            cond_dropout=float(cond_dropout), prior_clusters=int(prior_clusters),
+                            vae_kwargs=dict(vae_kwargs or {}),
+                            prior_kwargs=dict(prior_kwargs or {}), target_sum=float(target_sum), seed=int(seed))
+        self.adata = adata
+        self.registry = DataRegistry.from_anndata(adata, conditions, [], layer)
+        X = get_matrix(adata, layer)
+        validate_counts(X, obs_names=adata.obs_names, var_names=adata.var_names, counts=True,
+                        what="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+        self._cat = self.registry.encode_conditions(adata).astype(np.int32)  # (cells, n_conditions)
+        self._log_lib = np.log(row_sums(X)).astype(np.float32)
+        self.vae: VAE | None = None
+        if space == "latent":
+            self.vae = VAE(adata, likelihood=likelihood, conditions=conditions if decoder_conditions else None,
+                           layer=layer, seed=seed, **self.options["vae_kwargs"])
+        self.prior_model: PriorModel | None = None
+        self._shift = self._scale = None  # standardisation of the prior's space
+        self._log1p_max = None  # largest training value of the log1p space (generation clips there)
+        self._cluster: np.ndarray | None = None  # (cells,) k-means cluster of each training cell (prior_clusters)
+        self.history: dict[str, list] = {}
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def conditions(self) -> dict[str, tuple[str, ...]]:
+        """Condition keys and their categories (training order)."""
+        return self.registry.conditions
+
+    @property
+    def var_names(self) -> list[str]:
+        return list(self.registry.var_names)
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (f"LatentGenerator(space={o['space']!r}, prior={o['prior']!r}, likelihood={o['likelihood']!r}, "
+                f"conditions={o['conditions']}, genes={self.registry.n_genes}, fitted={self.prior_model is not None})")
+
+    def _condition(self, cat: np.ndarray) -> gnn.Condition | None:
+        return gnn.Condition(labels=jnp.asarray(cat, jnp.int32)) if cat.shape[1] else None
+
+    def _log1p_space(self, adata=None) -> np.ndarray:
+        adata = self.adata if adata is None else adata
+        X = get_matrix(adata, self.options["layer"])
+        out = np.empty(X.shape, np.float32)
+        lib = row_sums(X)
+        for start in range(0, X.shape[0], 4096):
+            block = X[start:start + 4096]
+            block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+            out[start:start + 4096] = np.log1p(block * (self.options["target_sum"] / lib[start:start + 4096, None]))
+        return out
+
+    def prior_data(self) -> np.ndarray:
+        """The training points of the prior (cells, dim), before standardisation: VAE posterior means
+        (``space="latent"``) or normalised log1p expression (``space="log1p"``)."""
+        if self.options["space"] == "latent":
+            return np.asarray(self.vae.latent(self.adata), np.float32)
+        return self._log1p_space()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def fit(self, *, vae_epochs: int | None = None, prior_steps: int = 4000, batch_size: int = 128,
+            prior_batch_size: int = 256, prior_lr: float = 1e-3, checkpoint_dir=None, resume: bool = False,
+            progress: bool = True, seed: int = 0, vae_fit_kwargs: dict | None = None,
+            fit_vae: bool = True) -> LatentGenerator:
+        """Fit the VAE (latent space), encode the training cells, then fit the conditional prior.
+
+        Arguments:
+            vae_epochs: VAE epochs (default: scvi-tools' rule, capped by the data size).
+            prior_steps: optimizer steps of the prior.
+            batch_size: VAE batch size. prior_batch_size, prior_lr: prior batch size and Adam learning rate.
+            checkpoint_dir: if given, ``vae/`` and ``prior/`` training checkpoints are written there;
+                ``resume=True`` continues both from them.
+            progress: tqdm progress bars.
+            seed: seed of the training loops.
+            vae_fit_kwargs: extra arguments of :meth:`genjax.VAE.fit`.
+            fit_vae: ``False`` keeps the VAE of an earlier ``fit`` and refits only the prior (for instance
+                with other ``prior_clusters`` or prior settings on the same latents).
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: ``fit_vae=False`` before the VAE was ever fitted.
+        """
+        ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if not fit_vae and self.vae is not None and not self.vae.history:
+            raise ValueError("fit_vae=False needs a fitted VAE; call fit() once with fit_vae=True first")
+        if self.vae is not None and fit_vae:
+            self.vae.fit(max_epochs=vae_epochs, batch_size=batch_size, seed=seed, progress=progress,
+                         checkpoint_dir=None if ckpt is None else ckpt / "vae", resume=resume,
+                         **(vae_fit_kwargs or {}))
+            self.history["vae"] = list(self.vae.history)
+        points = self.prior_data()
+        self._log1p_max = float(points.max()) if self.options["space"] == "log1p" else None
+        self._shift = points.mean(axis=0).astype(np.float32)
+        self._scale = (points.std(axis=0) + 1e-6).astype(np.float32)
+        z = (points - self._shift) / self._scale
+        num_classes = tuple(len(c) for c in self.registry.conditions.values())
+        k = self.options.get("prior_clusters", 0)
+        self._cluster = _kmeans_labels(z, k, seed) if k else None
+        cond = self._condition(self._prior_cat(self._cat, self._cluster))
+        if k:
+            num_classes = num_classes + (k,)
+        self.prior_model, history = fit_prior(
+            z, cond, kind=self.options["prior"], num_classes=num_classes, steps=prior_steps,
+            batch_size=prior_batch_size, lr=prior_lr, cond_dropout=self.options["cond_dropout"], seed=seed,
+            progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "prior", resume=resume,
+            **self.options["prior_kwargs"])
+        self.history["prior"] = history
+        return self
+
+    def _prior_cat(self, cat: np.ndarray, cluster: np.ndarray | None) -> np.ndarray:
+        """The prior's category codes: the conditions, then the cluster column when ``prior_clusters > 0``."""
+        if cluster is None:
+            return cat
+        return np.concatenate([cat, np.asarray(cluster, np.int32).reshape(-1, 1)], axis=1)
+
+    def _require_fitted(self):
+        if self.prior_model is None:
+            raise RuntimeError("the generator is not fitted; call fit() first (or LatentGenerator.load(path))")
+
+    def _draw_conditions(self, n: int, rng: np.random.Generator, conditions: dict):
+        """Category codes (n, n_conditions), log library sizes (n,) and the training rows (n,) they came from,
+        for ``n`` cells with ``conditions``.
+
+        Conditions not given are drawn jointly with the library size from training cells that match the given
+        ones, i.e. in training proportions.
+        """
+        codes = self.registry.encode_values(n, **conditions)  # (n, k); -1 where not given; raises on unknowns
+        rows = np.empty(n, np.int64)
+        patterns, inverse = np.unique(codes, axis=0, return_inverse=True)
+        for j, pattern in enumerate(patterns):  # one pool of matching training cells per requested pattern
+            given = pattern >= 0
+            pool = np.flatnonzero(np.all(self._cat[:, given] == pattern[given], axis=1))
+            if pool.size == 0:
+                wanted = {k: v for (k, v), g in zip(self.registry.decode_conditions(pattern[None]).items(), given,
+                                                      strict=True) if g}
+                raise ValueError(f"no training cell has the conditions {wanted}; cannot draw library sizes")
+            sel = np.flatnonzero(inverse.reshape(-1) == j)
+            rows[sel] = rng.choice(pool, size=sel.size, replace=True)
+        cat = np.where(codes >= 0, codes, self._cat[rows]).astype(np.int32)
+        if self.options["library"] == "empirical":
+            log_lib = self._log_lib[rows]
+        else:  # log-normal per drawn condition combination
+            log_lib = np.empty(n, np.float32)
+            combos, inverse = np.unique(cat, axis=0, return_inverse=True)
+            for j, combo in enumerate(combos):
+                sel = np.all(self._cat == combo, axis=1)
+                ll = self._log_lib[sel] if sel.any() else self._log_lib
+                m = inverse.reshape(-1) == j
+                log_lib[m] = rng.normal(ll.mean(), ll.std() + 1e-6, m.sum())
+        return cat, log_lib.astype(np.float32), rows
+
+    def sample_latent(self, n: int, *, seed: int = 0, guidance: float | dict | None = None,
+                      cat: np.ndarray | None = None, cluster: np.ndarray | None = None,
+                      **sampler_kwargs) -> np.ndarray:
+        """Draw ``n`` points from the fitted prior (in the VAE latent / log1p space, de-standardised).
+
+        Arguments:
+            n: number of points. seed: seed of the draw.
+            guidance: classifier-free guidance weight (a float, or a dict per condition key); ``None`` or
+                ``1.0`` samples the plain conditional model, ``0`` the unconditional one.
+            cat: category codes (n, n_conditions) (``-1`` for a null / unrequested attribute).
+            cluster: with ``prior_clusters > 0``, the cluster of each point (n,) int; default: the clusters of
+                ``n`` training cells drawn at random with ``seed`` (training proportions), independently of
+                ``cat`` (:meth:`generate` draws the clusters jointly with the conditions instead).
+            sampler_kwargs: passed to the prior's sampler (e.g. ``method="sde"``, ``n_steps=...``).
+
+        Returns:
+            ``(n, dim)`` float32 numpy array.
+        """
+        self._require_fitted()
+        clustered = self._cluster is not None
+        if clustered:
+            if cluster is None:
+                cluster = self._cluster[np.random.default_rng(seed).integers(0, len(self._cluster), n)]
+            cluster = np.asarray(cluster)
+            k = self.options["prior_clusters"]
+            if (cluster.shape != (n,) or not np.issubdtype(cluster.dtype, np.integer)
+                    or (n and (cluster.min() < 0 or cluster.max() >= k))):
+                got = f"shape {cluster.shape}, dtype {cluster.dtype}"
+                if cluster.size and np.issubdtype(cluster.dtype, np.number):
+                    got += f", values in [{cluster.min()}, {cluster.max()}]"
+                raise ValueError(f"cluster must be {n} integer codes in [0, {k}); got {got}")
+            if cat is None:
+                cat = np.full((n, len(self.registry.conditions)), -1, np.int32)
+        cond = None if cat is None else self._condition(
+            self._prior_cat(np.asarray(cat, np.int32), cluster if clustered else None))
+        if isinstance(guidance, dict):
+            unknown = set(guidance) - set(self.registry.conditions)
+            if unknown:
+                raise KeyError(f"guidance given for {sorted(unknown)}, which are not conditions of this model "
+                               f"({list(self.registry.conditions)})")
+            guidance = tuple(float(guidance.get(k, 1.0)) for k in self.registry.conditions)
+            if clustered:
+                guidance = guidance + (1.0,)
+        z = sample_prior(self.prior_model, jax.random.key(seed), n, cond=cond, guidance=guidance,
+                         **sampler_kwargs)
+        return np.asarray(z) * self._scale + self._shift
+
+    def generate(self, n: int, *, seed: int = 0, guidance: float | dict | None = None, batch_size: int = 4096,
+                 sampler_kwargs: dict | None = None, **conditions):
+        """Generate ``n`` cells of sampled counts with the requested conditions.
+
+        Arguments:
+            n: number of cells.
+            seed: seed of every draw (conditions, library sizes, latents, counts).
+            guidance: classifier-free guidance weight(s), see :meth:`sample_latent`.
+            batch_size: cells decoded per jitted call.
+            sampler_kwargs: passed to the prior's sampler (see :meth:`sample_latent`), e.g. ``{"n_steps": 16}``.
+            conditions: condition values, e.g. ``cell_type="B cells"``, or a sequence of ``n`` values (one per
+                cell); the others are drawn in training proportions (jointly with the library size).
+
+        Returns:
+            AnnData (n x genes): ``X`` float32 sampled counts, ``obs`` the conditions (categoricals with the
+            training categories) and ``library_size`` (the drawn library size), ``var_names`` the training genes.
+
+        Raises:
+            KeyError: a key that is not a condition. ValueError: an unknown category or ``n < 1``.
+        """
+        import anndata as ad
+        import pandas as pd
+
+        self._require_fitted()
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        n = int(n)
+        rng = np.random.default_rng(seed)
+        cat, log_lib, rows = self._draw_conditions(n, rng, conditions)
+        key_z, key_x = jax.random.split(jax.random.key(seed))
+        cluster = None if self._cluster is None else self._cluster[rows]
+        z = self.sample_latent(n, seed=int(jax.random.randint(key_z, (), 0, 2**31 - 1)), guidance=guidance,
+                               cat=cat, cluster=cluster, **(sampler_kwargs or {}))
+        if self.options["space"] == "latent":
+            counts = self._decode(z, log_lib, cat, key_x, batch_size)
+        else:
+            # clip to the training range before expm1: an unconverged prior must not produce inf counts
+            z = np.clip(z, 0.0, self._log1p_max)
+            scaled = np.expm1(z) * (np.exp(log_lib)[:, None] / self.options["target_sum"])
+            counts = np.round(scaled).astype(np.float32)
+        obs = pd.DataFrame({k: pd.Categorical.from_codes(cat[:, i], categories=list(cats))
+                            for i, (k, cats) in enumerate(self.registry.conditions.items())})
+        obs["library_size"] = np.exp(log_lib).astype(np.float32)
+        obs.index = [f"gen-{i}" for i in range(n)]
+        return ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=self.var_names))
+
+    def _decode(self, z, log_lib, cat, key, batch_size):
+        vae = self.vae
+        fns = vae.functions()
+        use_cat = self.options["decoder_conditions"] and cat.shape[1] > 0
+        if "decode_sample" not in self.__dict__.setdefault("_jit", {}):
+            def decode_sample(params, z, log_lib, cat, key):
+                out = fns.decode(params, z, log_lib, cat if use_cat else None, None)
+                return fns.sample(key, out)
+            self._jit["decode_sample"] = jax.jit(decode_sample)
+        f = self._jit["decode_sample"]
+        parts = []
+        for i, start in enumerate(range(0, len(z), batch_size)):
+            sl = slice(start, start + batch_size)
+            parts.append(np.asarray(f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]),
+                                      jnp.asarray(cat[sl]), jax.random.fold_in(key, i))))
+        return np.concatenate(parts).astype(np.float32)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def save(self, path, *, overwrite: bool = True) -> None:
+        """Write the generator to the directory ``path`` atomically: ``vae/`` (a :class:`genjax.VAE`),
+        ``prior.msgpack`` (prior parameters), ``generator.json`` (settings, registry, standardisation) and
+        ``train_cells.msgpack`` (training conditions and library sizes that generation draws from)."""
+        self._require_fitted()
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True")
+        meta = {"format": _FORMAT, "options": self.options, "registry": self.registry.to_dict(),
+                "shift": self._shift.tolist(), "scale": self._scale.tolist(), "log1p_max": self._log1p_max,
+                "prior": self.prior_model.config(), "history": self.history}
+        with atomic_directory(path) as tmp:
+            if self.vae is not None:
+                self.vae.save(tmp / "vae")
+            save_pytree(tmp / "prior.msgpack", self.prior_model.params)
+            cells = {"cat": self._cat, "log_lib": self._log_lib}
+            if self._cluster is not None:
+                cells["cluster"] = self._cluster
+            save_pytree(tmp / "train_cells.msgpack", cells)
+            (tmp / "generator.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+
+    @classmethod
+    def load(cls, path) -> LatentGenerator:
+        """Read a generator written by :meth:`save` (no training data needed to generate)."""
+        path = Path(path)
+        meta_file = path / "generator.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no genjax LatentGenerator at {path} (missing generator.json)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} holds {meta.get('format')!r}, not a {_FORMAT} model")
+        self = cls.__new__(cls)
+        self.options = meta["options"]
+        self.adata = None
+        self.registry = DataRegistry.from_dict(meta["registry"])
+        stats = load_pytree(path / "train_cells.msgpack")
+        self._log_lib = np.asarray(stats["log_lib"], np.float32)
+        self._cat = np.asarray(stats["cat"], np.int32).reshape(len(self._log_lib), len(self.registry.conditions))
+        self._cluster = np.asarray(stats["cluster"], np.int32) if "cluster" in stats else None
+        self._shift = np.asarray(meta["shift"], np.float32)
+        self._scale = np.asarray(meta["scale"], np.float32)
+        self._log1p_max = meta["log1p_max"]
+        self.vae = VAE.load(path / "vae") if (path / "vae").is_dir() else None
+        self.prior_model = load_prior(meta["prior"], path / "prior.msgpack")
+        self.history = meta["history"]
+        return self
+
+
+def _kmeans_labels(z: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means cluster codes (cells,) int32 of the rows of ``z`` (k-means++ start, the best of 4 restarts)."""
+    from scipy.cluster.vq import kmeans2
+
+    z = np.asarray(z, np.float64)
+    best, best_inertia = None, np.inf
+    for r in range(4):
+        centroids, labels = kmeans2(z, k, minit="++", seed=np.random.default_rng([seed, r]))
+        inertia = float(np.sum((z - centroids[labels]) ** 2))
+        if inertia < best_inertia:
+            best, best_inertia = labels, inertia
+    return best.astype(np.int32)
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    warnings.warn(f"cannot serialise {type(o).__name__} to JSON; stored as its repr", stacklevel=2)
+    return repr(o)
