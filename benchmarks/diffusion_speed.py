@@ -215,8 +215,8 @@ def main(argv=None):
 
     # ---- training step -----------------------------------------------------------------------------------------
     x_train, x_test, x_ref = mixture_data()
-    peer_net = genjax.ScoreNet(hidden=HIDDEN, num_blocks=BLOCKS, time_features=TEMB, norm=False, film=False)
-    default_net = genjax.ScoreNet(hidden=HIDDEN, num_blocks=BLOCKS, time_features=TEMB)
+    peer_net = genjax.nn.FieldNet(n_hidden=HIDDEN, n_layers=BLOCKS, time_features=TEMB, norm="none", film=False)
+    default_net = genjax.nn.FieldNet(n_hidden=HIDDEN, n_layers=BLOCKS, time_features=TEMB)
     k = a.steps_per_dispatch
     for name, net, b in [("peer_arch_b128", peer_net, BATCH), ("default_arch_b128", default_net, BATCH),
                          ("peer_arch_b1024", peer_net, 1024)]:

@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
             train, likelihood="nb", prior=prior, conditions=["cell_type"], seed=cfg.seed,
             decoder_conditions=cfg.decoder_conditions, cond_dropout=cfg.cond_dropout,
             vae_kwargs={"n_latent": cfg.n_latent},
-            prior_kwargs={"hidden": cfg.prior_hidden, "num_blocks": cfg.prior_blocks,
+            prior_kwargs={"n_hidden": cfg.prior_hidden, "n_layers": cfg.prior_blocks,
                           "steps_per_dispatch": min(cfg.prior_steps, 250)})
         gen.fit(vae_epochs=cfg.vae_epochs, prior_steps=cfg.prior_steps, seed=cfg.seed, progress=False,
                 vae_fit_kwargs={"kl_warmup_epochs": max(1, cfg.vae_epochs // 3), "train_size": cfg.vae_train_size})

@@ -138,7 +138,7 @@ def part1(cfg: Config, key) -> dict:
     shift, scale = z.mean(axis=0), z.std(axis=0) + 1e-6
     sde = genjax.VPSDE(beta_min=0.1, beta_max=20.0)
     num_classes = tuple(len(c) for c in vae.conditions.values())
-    net = genjax.nn.FieldNet(hidden=cfg.score_hidden, num_blocks=cfg.score_blocks, num_classes=num_classes)
+    net = genjax.nn.FieldNet(n_hidden=cfg.score_hidden, n_layers=cfg.score_blocks, n_categories=num_classes)
     cond = genjax.nn.Condition(labels=jnp.asarray(cat))
     fit = genjax.fit_score_model((z - shift) / scale, sde, net, cond=cond, cond_dropout=0.1,
                                  optimizer=optax.adam(optax.cosine_decay_schedule(1e-3, cfg.score_steps, 0.1)),
@@ -207,7 +207,7 @@ def part2(cfg: Config) -> dict:
         gen = genjax.LatentGenerator(
             train, likelihood="nb", prior="diffusion", conditions=["cell_type"], space=space, seed=cfg.seed,
             vae_kwargs={"n_latent": cfg.gen_latent},
-            prior_kwargs={"hidden": cfg.score_hidden, "num_blocks": cfg.score_blocks,
+            prior_kwargs={"n_hidden": cfg.score_hidden, "n_layers": cfg.score_blocks,
                           "steps_per_dispatch": min(cfg.prior_steps, 250)})
         gen.fit(vae_epochs=cfg.gen_epochs, prior_steps=cfg.prior_steps, seed=cfg.seed, progress=False,
                 vae_fit_kwargs={"kl_warmup_epochs": max(1, cfg.gen_epochs // 3), "train_size": cfg.vae_train_size})

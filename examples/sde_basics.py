@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
     fits = {}
     for i, (name, sde) in enumerate(sdes.items()):
         t0 = time.perf_counter()
-        net = InputScaled(genjax.nn.FieldNet(hidden=cfg.hidden, num_blocks=cfg.num_blocks), sde, var0**0.5)
+        net = InputScaled(genjax.nn.FieldNet(n_hidden=cfg.hidden, n_layers=cfg.num_blocks), sde, var0**0.5)
         optimizer = optax.adam(optax.cosine_decay_schedule(cfg.lr, cfg.train_steps, alpha=0.05))
         res = genjax.fit_score_model(data, sde, net, optimizer=optimizer, max_steps=cfg.train_steps,
                                      batch_size=cfg.batch_size, steps_per_dispatch=min(cfg.train_steps, 250),

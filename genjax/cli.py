@@ -14,26 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+from .data import stratified_split
+
 __all__ = ["main"]
 
 
 def _log(msg: str) -> None:
     print(f"[genjax {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def stratified_split(labels, test_fraction: float = 0.2, seed: int = 0):
-    """Indices ``(train, test)`` splitting each label group ``1 - test_fraction : test_fraction`` (seeded)."""
-    import numpy as np
-
-    labels = np.asarray(labels).astype(str)
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for value in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == value))
-        n_test = int(round(test_fraction * idx.size))
-        test.append(idx[:n_test])
-        train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 def _parse_conditions(items: list[str] | None) -> dict[str, str]:

@@ -32,7 +32,7 @@ def test_train_generate_evaluate(h5ad):
     assert main(["train", "--data", str(h5ad / "data.h5ad"), "--out", str(model), "--condition-key", "cell_type",
                  "--prior-clusters", "3", *FAST]) == 0
     assert (model / "generator.json").is_file()
-    assert genjax.LatentGenerator.load(model).prior_model.config()["net"]["num_classes"] == [3, 3]  # type, cluster
+    assert genjax.LatentGenerator.load(model).prior_model.config()["net"]["n_categories"] == [3, 3]  # type, cluster
     out = h5ad / "gen.h5ad"
     assert main(["generate", "--model", str(model), "--n", "40", "--out", str(out),
                  "--condition", "cell_type=type_1"]) == 0

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 import genjax
-from genjax.data._matrix import CountData, _ell
+from genjax.data import CountData, padded_entries
 
 
 def _adata(rng, n=30, g=12, sparse=False):
@@ -131,7 +131,7 @@ def test_ell_and_lfact_reconstruct_the_rows(rng):
     x = rng.negative_binomial(1, 0.6, (25, 9)).astype(np.float32)
     x[:, 3] += 1
     k = int((x > 0).sum(1).max())
-    idx, val = _ell(sp.csr_matrix(x), k)
+    idx, val = padded_entries(sp.csr_matrix(x), k)
     back = np.zeros_like(x)
     np.add.at(back, (np.repeat(np.arange(25), k), idx.ravel()), val.ravel())
     np.testing.assert_array_equal(back, x)

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 import genjax
-from genjax.data.datasets._bundled import data_path
+from genjax.data.datasets import data_path
 
 
 def test_pbmc3k_is_bundled_with_provenance_and_licence():

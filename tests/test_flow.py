@@ -226,7 +226,7 @@ def test_bad_inputs_raise_before_compute():
     with pytest.raises(ValueError, match="sigma_min"):
         genjax.LinearPath(sigma_min=1.0)
     with pytest.raises(ValueError, match="coupling"):
-        genjax.make_flow_loss(genjax.VelocityNet(), coupling="sinkhorn")
+        genjax.make_flow_loss(genjax.nn.FieldNet(), coupling="sinkhorn")
     with pytest.raises(ValueError, match="row 2"):
         genjax.fit_flow_model(np.array([[0.0, 1.0], [1.0, 0.0], [np.nan, 0.0]]), max_steps=1)
     with pytest.raises(ValueError, match="one weight per condition group"):
@@ -258,7 +258,7 @@ def labelled_model(request):
     comp = rng.choice(4, steps * 256, p=WEIGHTS)
     x = (CENTERS[comp] + SPREAD * rng.normal(size=(comp.size, 2))).astype(np.float32)
     cond = Condition(labels=jnp.asarray(LABELS[comp], jnp.int32))
-    model = genjax.nn.FieldNet(hidden=64, num_blocks=2, time_features=16, num_classes=(2, 2))
+    model = genjax.nn.FieldNet(n_hidden=64, n_layers=2, time_features=16, n_categories=(2, 2))
     kw = dict(cond=cond, cond_dropout=0.2, max_steps=steps, batch_size=256, ema_decay=0.99, progress=False,
               steps_per_dispatch=steps // 3, optimizer=optax.adam(3e-3), seed=0)
     if request.param == "flow":
@@ -321,7 +321,7 @@ def test_ot_coupling_reaches_the_same_error_in_fewer_steps():
     # OT-coupled flow is straighter, so few steps suffice.
     steps, batch = 800, 128
     x = _eight_modes(steps * batch)
-    model = genjax.nn.FieldNet(hidden=64, num_blocks=2, time_features=16)
+    model = genjax.nn.FieldNet(n_hidden=64, n_layers=2, time_features=16)
     errors, samples = {}, {}
     for coupling in ("independent", "ot"):
         v = genjax.fit_flow_model(x, model, coupling=coupling, max_steps=steps, batch_size=batch, ema_decay=0.99,

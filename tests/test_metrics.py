@@ -17,7 +17,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import norm
 
 import genjax.metrics as M
-from genjax.evaluation import _two_sample as core
+from genjax.evaluation import metrics as core
 
 # ----------------------------------------------------------------------------------------------------------------
 # energy distance and MMD
@@ -257,9 +257,7 @@ def test_label_classifier(rng):
     # the optimum: the gradient of the (convex) objective vanishes
     a = (z - np.asarray(clf.mean)) / np.asarray(clf.scale)
     flat = np.concatenate([np.asarray(clf.weights).ravel(), np.asarray(clf.bias)])
-    from genjax.evaluation._label_classifier import _value_and_grad
-
-    value, grad = _value_and_grad(flat.astype(np.float32), a.astype(np.float32),
+    value, grad = M.classifier_objective(flat.astype(np.float32), a.astype(np.float32),
                                   np.unique(labels, return_inverse=True)[1].astype(np.int32), np.ones(180, np.float32),
                                   np.float32(1e-2), 3)
     np.testing.assert_allclose(float(value), float(clf.loss), rtol=1e-5)

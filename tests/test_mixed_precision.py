@@ -27,7 +27,7 @@ def test_vae_bfloat16_trains_to_a_finite_decreasing_loss():
 
 def test_field_net_bfloat16_flow_trains_to_a_finite_decreasing_loss():
     x = np.random.default_rng(0).normal(size=(4096, 2)).astype(np.float32) * [2.0, 0.5] + [1.0, -1.0]
-    net = genjax.nn.FieldNet(hidden=32, num_blocks=2, time_features=16, dtype=jnp.bfloat16)
+    net = genjax.nn.FieldNet(n_hidden=32, n_layers=2, time_features=16, dtype=jnp.bfloat16)
     res = genjax.fit_flow_model(x, net, max_steps=300, batch_size=128, progress=False, steps_per_dispatch=100,
                                 optimizer=optax.adam(3e-3))
     losses = np.array([h["loss"] for h in res.fit.history])

@@ -61,7 +61,7 @@ def _trainer(name):
         adata = genjax.datasets.synthetic_counts(64, 12, 2, seed=0)
         vae = genjax.VAE(adata, n_hidden=16, n_latent=2, conditions=["cell_type"])
         return vae.functions(warmup_steps=4).loss, vae.params, jax.tree.map(jnp.asarray, vae.batch())
-    net = genjax.nn.FieldNet(hidden=16, num_blocks=1, time_features=8)
+    net = genjax.nn.FieldNet(n_hidden=16, n_layers=1, time_features=8)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(64, 2)), jnp.float32)
     params = net.init(jax.random.key(0), x[:1], jnp.ones((1,)))
     if name == "score":

@@ -80,7 +80,7 @@ def test_conversions_between_parameterisations_match_closed_forms(sde, key):
 
 def test_score_function_converts_network_output():
     sde = VPSDE()
-    model = FieldNet(hidden=16, num_blocks=1, time_features=8)
+    model = FieldNet(n_hidden=16, n_layers=1, time_features=8)
     x, t = jnp.ones((4, 2)), jnp.linspace(0.1, 0.9, 4)
     params = _random_params(model, x, t)
 
@@ -196,7 +196,7 @@ def test_time_sampling_is_marginally_uniform(method, key):
 
 
 def test_loss_gradient_matches_finite_differences():
-    model = FieldNet(hidden=8, num_blocks=1, time_features=4, num_classes=(3,))
+    model = FieldNet(n_hidden=8, n_layers=1, time_features=4, n_categories=(3,))
     sde = VPSDE()
     x0 = jax.random.normal(jax.random.key(1), (6, 2))
     cond = Condition(labels=jnp.array([[0], [1], [2], [NULL_LABEL], [0], [1]]))
@@ -241,7 +241,7 @@ def test_film_starts_as_identity():
 
 def test_field_net_rows_are_independent_and_cond_none_is_the_null_condition():
     # samplers and the Hutchinson divergence rely on output row i depending only on input row i
-    model = FieldNet(hidden=16, num_blocks=2, time_features=8, num_classes=(3, 2), num_covariates=2)
+    model = FieldNet(n_hidden=16, n_layers=2, time_features=8, n_categories=(3, 2), n_continuous=2)
     n, d = 5, 3
     x = jax.random.normal(jax.random.key(0), (n, d))
     t = jnp.linspace(0.1, 1.0, n)
@@ -265,11 +265,11 @@ def test_field_net_rows_are_independent_and_cond_none_is_the_null_condition():
     np.testing.assert_allclose(out_c2, out_cond, rtol=1e-6)
     assert bool(jnp.all(jnp.isnan(out[0]))) and bool(jnp.all(jnp.isfinite(out[1:])))
     with pytest.raises(ValueError, match="unconditional"):
-        FieldNet(hidden=8).init(jax.random.key(0), x, t, cond)
+        FieldNet(n_hidden=8).init(jax.random.key(0), x, t, cond)
 
 
 def test_condition_embedding_sums_attribute_tables():
-    emb = ConditionEmbedding(num_classes=(2, 3), features=4)
+    emb = ConditionEmbedding(n_categories=(2, 3), features=4)
     labels = jnp.array([[0, 2], [1, -1]])
     params = _random_params(emb, Condition(labels), (2,))
     out = jax.jit(emb.apply, static_argnums=2)(params, Condition(labels), (2,))
@@ -311,7 +311,7 @@ def test_trained_score_model_reproduces_gaussian_mixture_modes_and_weights():
     comp = rng.choice(3, n, p=weights)
     x = (means[comp] + s * rng.normal(size=(n, 2))).astype(np.float32)
     sde = VPSDE()
-    model = genjax.ScoreNet(hidden=48, num_blocks=2, time_features=16)
+    model = genjax.nn.FieldNet(n_hidden=48, n_layers=2, time_features=16)
     res = genjax.fit_score_model(x, sde, model, max_steps=800, batch_size=256, ema_decay=0.99, progress=False,
                                  steps_per_dispatch=200, optimizer=optax.adam(3e-3), seed=0)
     assert res.fit.state.ema_params is not None and int(res.fit.state.step) == 800
@@ -343,7 +343,7 @@ def test_prior_probability_flow_samples_stay_in_the_data_range():
     # 9% of the probability-flow samples of this network ran off to |x| ~ 100 (the tails of x_t near t = 1, where
     # the VP ODE multiplies noise errors by beta(1) / 2); the prior's eps_skip parameterisation keeps them.
     z = np.random.default_rng(0).normal(size=(2000, 10)).astype(np.float32)
-    prior, _ = genjax.fit_prior(z, None, steps=1000, hidden=64, num_blocks=2, progress=False, seed=0)
+    prior, _ = genjax.fit_prior(z, None, steps=1000, n_hidden=64, n_layers=2, progress=False, seed=0)
     assert prior.parameterisation == "eps_skip"
     x, _ = genjax.sample_probability_flow_ode(jax.random.key(1), prior.field(), prior.make_sde(), (4000, 10),
                                               rtol=1e-3, atol=1e-3)

@@ -11,7 +11,6 @@ import optax
 import pytest
 
 import genjax
-from genjax.training._feed import num_examples as _num_examples
 
 N, D = 96, 3
 
@@ -229,7 +228,7 @@ def test_corrupt_checkpoint_is_skipped_with_its_name(tmp_path):
 
 def test_bad_inputs_raise_named_errors(tmp_path):
     with pytest.raises(ValueError, match="leading"):
-        _num_examples({"x": np.zeros((4, 2)), "y": np.zeros(5)})
+        genjax.data.num_examples({"x": np.zeros((4, 2)), "y": np.zeros(5)})
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
         genjax.fit(_loss, _params(), _data(), config=CFG, resume=True)
     with pytest.raises(ValueError, match="batch_size"):

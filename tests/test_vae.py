@@ -14,9 +14,9 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 import genjax
-from genjax.data._matrix import _ell
-from genjax.vae._module import _gauss_kl
-from genjax.likelihoods._fused import SMALL, _small_tables, fast_count_log_lik, small_count_histogram
+from genjax.data import padded_entries
+from genjax.likelihoods import SMALL, fast_count_log_lik, small_count_histogram, small_count_tables
+from genjax.vae import gaussian_kl
 
 # -- the fused loss is the public log-pmf ----------------------------------------------------------------------
 
@@ -28,8 +28,8 @@ def test_fused_count_loss_equals_public_log_prob(rng, likelihood):
     x[:, 0] += 3
     x[0, 1] = 4000.0  # a large count
     x[1, :10] = np.arange(10)  # every small count of the table route
-    idx, val = _ell(x, int((x > 0).sum(1).max()))
-    big_idx, big_val = _ell(x, int((x > SMALL).sum(1).max()), SMALL)
+    idx, val = padded_entries(x, int((x > 0).sum(1).max()))
+    big_idx, big_val = padded_entries(x, int((x > SMALL).sum(1).max()), SMALL)
     batch = {"x": jnp.asarray(x), "lfact": jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32),
              "nz_idx": jnp.asarray(idx), "nz_val": jnp.asarray(val)}
     table_batch = {"x": batch["x"], "lfact": batch["lfact"], "nzl_idx": jnp.asarray(big_idx),
@@ -82,7 +82,7 @@ def test_split_loss_total_equals_public_log_prob(rng, likelihood):
     x = rng.negative_binomial(1, 0.3, (b, g)).astype(np.float32) * (rng.random((b, g)) < 0.6)
     x[0, 1] = 900.0
     x[1, :10] = np.arange(10)
-    big_idx, big_val = _ell(x, int((x > SMALL).sum(1).max()), SMALL)
+    big_idx, big_val = padded_entries(x, int((x > SMALL).sum(1).max()), SMALL)
     batch = {"x": jnp.asarray(x), "lfact": jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32),
              "nzl_idx": jnp.asarray(big_idx), "nzl_val": jnp.asarray(big_val)}
     log_mu = jnp.asarray(rng.normal(0.5, 2.0, (b, g)), jnp.float32)
@@ -114,7 +114,7 @@ def test_small_count_tables_match_mpmath():
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 40
     log_theta = jnp.linspace(np.log(1e-4), np.log(1e8), 25, dtype=jnp.float32)
-    t, dt = map(np.asarray, _small_tables(log_theta))
+    t, dt = map(np.asarray, small_count_tables(log_theta))
     assert t.shape == dt.shape == (25, SMALL)
     for i, th in enumerate(np.asarray(jnp.exp(log_theta)).astype(np.float64)):
         th = mpmath.mpf(float(th))
@@ -139,8 +139,8 @@ def test_gaussian_kl_closed_form(rng):
     vq, vp = rng.uniform(0.1, 3, (4, 3)), rng.uniform(0.1, 3, (4, 3))
     # KL by quadrature-free identity: E_q[log q - log p] for each dimension, summed
     ref = np.sum(0.5 * np.log(vp / vq) + (vq + (mq - mp) ** 2) / (2 * vp) - 0.5, axis=-1)
-    np.testing.assert_allclose(_gauss_kl(mq, vq, mp, vp), ref, rtol=1e-5)
-    np.testing.assert_allclose(_gauss_kl(mq, vq, mq, vq), 0.0, atol=1e-6)
+    np.testing.assert_allclose(gaussian_kl(mq, vq, mp, vp), ref, rtol=1e-5)
+    np.testing.assert_allclose(gaussian_kl(mq, vq, mq, vq), 0.0, atol=1e-6)
 
 
 def test_kl_warmup_schedule():
@@ -449,7 +449,7 @@ def test_host_init_matches_module_structure_and_scales():
     module = genjax.VAEModule(50, "zinb", dispersion="gene-cell", n_categories=(3, 2), n_continuous=1,
                               library="latent", conditional_prior=True, n_layers=2, n_hidden=64)
     params = genjax.vae_init(module, seed=1)
-    abstract = jax.eval_shape(module.init, jax.random.key(0), genjax.vae._module._dummy_batch(module))["params"]
+    abstract = jax.eval_shape(module.init, jax.random.key(0), genjax.vae.dummy_batch(module))["params"]
     assert jax.tree.structure(params) == jax.tree.structure(abstract)
     for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(abstract), strict=True):
         assert p.shape == a.shape and p.dtype == a.dtype
@@ -463,7 +463,7 @@ def test_host_init_matches_module_structure_and_scales():
 
 def test_training_loss_equals_the_per_cell_negative_elbo(cvae):
     """make_vae_loss / make_vae_eval_loss (split small-count total) == the mean of the exact per-cell terms."""
-    from genjax.vae._module import make_vae_eval_loss, make_vae_loss, vae_elbo_terms
+    from genjax.vae import make_vae_eval_loss, make_vae_loss, vae_elbo_terms
 
     batch = jax.tree.map(jnp.asarray, cvae._data_for(None).batch(np.arange(64)))
     assert "nzl_idx" in batch  # the gene-dispersion NB route, where the histogram total applies

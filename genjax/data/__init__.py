@@ -1,5 +1,23 @@
-"""Data layer: AnnData / CSR / backed matrices, validation, the registry of what a model was trained on, batch
-sources, and the bundled / synthetic data sets (``genjax.data.datasets``)."""
+"""Data layer: from an ``AnnData`` (in memory or backed), a scipy CSR or a dense matrix to validated, encoded
+minibatches, host side and before any compute.
 
-from . import datasets  # noqa: F401
-from ._matrix import *  # noqa: F403
+* matrices: :func:`get_matrix`, :func:`validate_counts`, :func:`row_sums` (``_matrix.py``);
+* what a model was trained on: :class:`DataRegistry` (``_registry.py``);
+* encoded arrays and batches: :class:`CountData` (``_batch.py``);
+* data that stays on the host: :class:`HostSource` (``_source.py``);
+* seeded splits: :func:`split_indices`, :func:`stratified_split` (``_split.py``);
+* data sets: :mod:`genjax.data.datasets` (bundled PBMC3k, synthetic generators with known truth).
+"""
+
+from . import datasets as datasets
+from ._batch import CountData as CountData
+from ._batch import padded_entries as padded_entries
+from ._cluster import kmeans_labels as kmeans_labels
+from ._matrix import get_matrix as get_matrix
+from ._matrix import row_sums as row_sums
+from ._matrix import validate_counts as validate_counts
+from ._registry import DataRegistry as DataRegistry
+from ._source import HostSource as HostSource
+from ._source import num_examples as num_examples
+from ._split import split_indices as split_indices
+from ._split import stratified_split as stratified_split

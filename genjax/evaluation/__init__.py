@@ -1,3 +1,13 @@
-"""Evaluation: two-sample metrics beside a real-vs-real control, plots, report."""
+"""Evaluation: how close generated cells are to real ones, always beside a real-vs-real control.
 
-from . import metrics, plots, report  # noqa: F401
+* :mod:`genjax.evaluation.metrics` (alias ``genjax.metrics``): :func:`~genjax.metrics.evaluate` and the
+  two-sample statistics it is built from;
+* :mod:`genjax.evaluation.plots` (alias ``genjax.plots``): figures of an evaluation and of training histories;
+* :mod:`genjax.evaluation.report` (alias ``genjax.report``): a markdown report with tables and figures.
+"""
+
+from . import metrics as metrics
+from . import plots as plots
+from . import report as report
+from ._evaluate import Evaluation as Evaluation
+from ._evaluate import evaluate as evaluate

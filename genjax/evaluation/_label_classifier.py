@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from ._two_sample import capacity
 from .._typing import Array, Float
+from ._buffer import capacity
 
-__all__ = ["LabelClassifier", "fit_label_classifier", "predict_labels"]
+__all__ = ["LabelClassifier", "fit_label_classifier", "predict_labels", "classifier_objective"]
 
 
 class LabelClassifier(NamedTuple):
@@ -56,7 +56,18 @@ def _objective(params, a, y, w_rows, l2):
 
 
 @functools.partial(jax.jit, static_argnames=("n_classes",))
-def _value_and_grad(flat, a, y, w_rows, l2, n_classes: int):
+def classifier_objective(flat, a, y, w_rows, l2, n_classes: int):
+    """Value and gradient of the classifier's objective (mean cross-entropy of the rows with weight 1 plus the
+    ridge penalty ``l2 / 2 |W|^2``) at flat parameters ``[W.ravel(), b]``.
+
+    Arguments:
+        flat: ``(dim * n_classes + n_classes,)`` parameters. a: ``(cells, dim)`` standardised points.
+        y: ``(cells,)`` int32 class codes. w_rows: ``(cells,)`` 0/1 row weights. l2: ridge penalty.
+        n_classes: number of classes (static).
+
+    Returns:
+        ``(value, gradient)``: a scalar and an array like ``flat``.
+    """
     d = a.shape[1]
 
     def fun(flat):
@@ -106,7 +117,7 @@ def fit_label_classifier(
     l2j = jnp.asarray(l2, jnp.float32)
 
     def fun(flat):
-        value, grad = _value_and_grad(jnp.asarray(flat, jnp.float32), a, yj, w_rows, l2j, k)
+        value, grad = classifier_objective(jnp.asarray(flat, jnp.float32), a, yj, w_rows, l2j, k)
         return float(value), np.asarray(grad, np.float64)
 
     res = scipy.optimize.minimize(fun, np.zeros(d * k + k), jac=True, method="L-BFGS-B",

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._typing import Array, Float, PRNGKeyArray
+from ..data import row_sums, validate_counts
 
 __all__ = [
     "CountSet",
@@ -32,6 +33,9 @@ __all__ = [
     "pca_transform",
     "gene_statistics",
     "pearson",
+    "align_genes",
+    "project",
+    "project_counts",
 ]
 
 
@@ -69,29 +73,6 @@ def _is_anndata(obj) -> bool:
     return hasattr(obj, "obs") and hasattr(obj, "var_names") and hasattr(obj, "X")
 
 
-def _check_count_values(values: np.ndarray, name: str, locate, check_integer: bool) -> None:
-    """Raise ValueError on NaN/inf, negative or (optionally) non-integer entries, naming the first one."""
-    bad = ~np.isfinite(values)
-    if bad.any():
-        cell, gene = locate(int(np.argmax(bad)))
-        raise ValueError(f"{name} counts must be finite; found {values[bad][0]!r} at cell {cell}, gene {gene}")
-    neg = values < 0
-    if neg.any():
-        i = int(np.argmax(neg))
-        cell, gene = locate(i)
-        raise ValueError(f"{name} counts must be non-negative; found {values[i]!r} at cell {cell}, gene {gene}")
-    if check_integer:
-        frac = values != np.round(values)
-        if frac.any():
-            i = int(np.argmax(frac))
-            cell, gene = locate(i)
-            raise ValueError(
-                f"{name} must hold raw counts (integers); found {values[i]!r} at cell {cell}, gene {gene}. "
-                "Pass raw counts (e.g. layer='counts'), or check_counts=False if non-integer expected values "
-                "are intended"
-            )
-
-
 def _as_matrix(x, name: str, check_integer: bool):
     """Counts as float32 CSR (if sparse) or a C-contiguous float32 ndarray, validated."""
     if sp.issparse(x):
@@ -99,12 +80,7 @@ def _as_matrix(x, name: str, check_integer: bool):
         x.sum_duplicates()
         if x.ndim != 2:
             raise ValueError(f"{name} counts must be 2-D (cells, genes); got shape {x.shape}")
-        indptr, indices = x.indptr, x.indices
-
-        def locate(i):
-            return int(np.searchsorted(indptr, i, side="right") - 1), int(indices[i])
-
-        _check_count_values(x.data, name, locate, check_integer)
+        _check_values(x, name, check_integer)
         return x
     x = np.asarray(x)
     if x.ndim != 2:
@@ -112,8 +88,15 @@ def _as_matrix(x, name: str, check_integer: bool):
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise ValueError(f"{name} counts must be numeric; got dtype {x.dtype}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    _check_count_values(x.ravel(), name, lambda i: divmod(i, x.shape[1]), check_integer)
+    _check_values(x, name, check_integer)
     return x
+
+
+def _check_values(x, name: str, check_integer: bool) -> None:
+    """Finite, non-negative (and integer) counts, or a ``ValueError`` naming the first offending cell and gene."""
+    validate_counts(x, what=name, integer=check_integer, allow_empty=True,
+                    hint="pass raw counts (e.g. layer='counts'), or check_counts=False if non-integer expected "
+                         "values are intended")
 
 
 def as_count_set(
@@ -219,11 +202,6 @@ def align_genes(reference: CountSet, other: CountSet) -> CountSet:
     return other
 
 
-def library_sizes(counts) -> np.ndarray:
-    """Total counts per cell, ``(cells,)`` float64."""
-    return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-
-
 _CHUNK = 4096  # rows per chunk of the host-side passes over large count matrices
 
 
@@ -245,7 +223,7 @@ def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
     Returns:
         ``(cells, genes)`` ``float32`` numpy array. Cells with zero total counts map to all zeros.
     """
-    size = library_sizes(counts)
+    size = row_sums(counts)
     scale = np.where(size > 0, target_sum / np.where(size > 0, size, 1.0), 0.0)
     if sp.issparse(counts):
         out = sp.csr_matrix(counts, dtype=np.float32).multiply(scale[:, None].astype(np.float32)).tocsr()
@@ -391,7 +369,7 @@ def gene_statistics(counts, target_sum: float = 1e4) -> dict[str, np.ndarray]:
         of the variance (``ddof=0``) of counts normalised to ``target_sum`` per cell; ``zero_frac`` = fraction
         of cells with a zero raw count.
     """
-    size = library_sizes(counts)
+    size = row_sums(counts)
     scale = np.where(size > 0, target_sum / np.where(size > 0, size, 1.0), 0.0)
     n, g = counts.shape
     if sp.issparse(counts):

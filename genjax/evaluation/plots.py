@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .metrics import ALL, METRICS, Evaluation, SetSummary
+from ._evaluate import ALL, METRICS, Evaluation, SetSummary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,7 +97,6 @@ def _check_evaluation(ev) -> Evaluation:
     return ev
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # training curves
 
 
@@ -182,7 +181,6 @@ def training_curves(
     return _finish(fig, path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # embeddings
 
 
@@ -279,7 +277,6 @@ def embedding(
     return _finish(fig, path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # gene statistics
 
 _STATS = (("log_mean", "gene mean (log1p)"), ("log_var", "gene variance (log1p)"), ("zero_frac", "zero fraction"))
@@ -320,7 +317,6 @@ def gene_statistics(evaluation: Evaluation, *, path=None) -> Figure:
     return _finish(fig, path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # per-condition figures
 
 
@@ -403,7 +399,6 @@ def condition_metrics(
     return _finish(fig, path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # the 2 x 3 evaluation panel
 
 
@@ -457,9 +452,6 @@ def evaluation_panel(evaluation: Evaluation, *, max_points: int = 5000, seed: in
     ax.set_title(f"PCA\n{text}", fontsize="medium")
     ax.legend(markerscale=3, fontsize="x-small")
     return _finish(fig, path)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def save_all(

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import plots
-from .metrics import ALL, METRICS, Evaluation, evaluate
+from ._evaluate import ALL, METRICS, Evaluation, evaluate
 
 __all__ = ["write_report", "evaluate_and_report", "markdown_tables", "overall_table", "condition_table"]
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import nn as gnn
 from .._typing import Array
+from ._base import AbstractField
 
 __all__ = ["GuidedField", "guided_field", "guidance_groups"]
 
@@ -48,7 +49,7 @@ def _only_group(cond: gnn.Condition, null: gnn.Condition, g: int) -> gnn.Conditi
     return null._replace(covariates=cond.covariates, covariate_mask=cond.covariate_mask)
 
 
-class GuidedField(eqx.Module):
+class GuidedField(AbstractField):
     """A classifier-free guided field: a batched callable ``(x, t, cond=None) -> (n, d)`` usable by every sampler
     (:func:`genjax.sample_reverse_sde`, :func:`genjax.sample_probability_flow_ode`, :func:`genjax.sample_flow`,
     the likelihoods). A pytree: the wrapped field's parameters and the weights stay traced, so a new weight does

@@ -25,21 +25,16 @@ from numpyro.distributions import constraints
 from numpyro.distributions.distribution import Distribution
 from numpyro.distributions.util import promote_shapes
 
-from ._log_prob import (
-    _validate,
-    nb_log_prob,
-    nb_variance,
-    sample_nb,
-    sample_zinb,
-    zinb_log_prob,
-    zinb_variance,
-)
 from .._typing import Array, ArrayLike, PRNGKeyArray
+from ._log_prob import nb_log_prob, zinb_log_prob
+from ._moments import nb_variance, zinb_variance
+from ._validation import validate_args_if
+from ._variates import sample_nb, sample_zinb
 
 __all__ = ["NegativeBinomial", "ZeroInflatedNegativeBinomial"]
 
 
-def _resolve_validate(validate_args) -> bool:
+def _resolvevalidate_args_if(validate_args) -> bool:
     """numpyro's convention: ``None`` follows the global switch (``numpyro.enable_validation``)."""
     return Distribution._validate_args if validate_args is None else bool(validate_args)
 
@@ -66,8 +61,8 @@ class NegativeBinomial(Distribution):
     pytree_data_fields = ("mu", "theta")
 
     def __init__(self, mu: ArrayLike, theta: ArrayLike, validate_args: bool | None = None):
-        _validate(
-            _resolve_validate(validate_args), type(self).__name__, mu=(mu, "mean"), theta=(theta, "positive")
+        validate_args_if(
+            _resolvevalidate_args_if(validate_args), type(self).__name__, mu=(mu, "mean"), theta=(theta, "positive")
         )
         self.mu, self.theta = promote_shapes(mu, theta)
         batch_shape = jax.lax.broadcast_shapes(jnp.shape(mu), jnp.shape(theta))
@@ -84,7 +79,7 @@ class NegativeBinomial(Distribution):
         Raises:
             ValueError: with validation on and concrete ``value``, for negative, non-integer or NaN counts.
         """
-        _validate(self._validate_args, f"{type(self).__name__}.log_prob", value=(value, "counts"))
+        validate_args_if(self._validate_args, f"{type(self).__name__}.log_prob", value=(value, "counts"))
         return nb_log_prob(value, self.mu, self.theta, validate_args=False)
 
     @property
@@ -122,8 +117,8 @@ class ZeroInflatedNegativeBinomial(Distribution):
     def __init__(
         self, mu: ArrayLike, theta: ArrayLike, zi_logits: ArrayLike, validate_args: bool | None = None
     ):
-        _validate(
-            _resolve_validate(validate_args),
+        validate_args_if(
+            _resolvevalidate_args_if(validate_args),
             type(self).__name__,
             mu=(mu, "mean"),
             theta=(theta, "positive"),
@@ -144,7 +139,7 @@ class ZeroInflatedNegativeBinomial(Distribution):
         Raises:
             ValueError: with validation on and concrete ``value``, for negative, non-integer or NaN counts.
         """
-        _validate(self._validate_args, f"{type(self).__name__}.log_prob", value=(value, "counts"))
+        validate_args_if(self._validate_args, f"{type(self).__name__}.log_prob", value=(value, "counts"))
         return zinb_log_prob(value, self.mu, self.theta, self.zi_logits, validate_args=False)
 
     @property

@@ -8,7 +8,7 @@ Split of the negative-binomial log-pmf used here (``r = mu / theta``)::
 
 Only ``D`` involves the decoder's mean; it costs one ``exp`` and one ``log1p`` per entry. ``lgamma(x + 1)`` is a
 constant of the data (the batch carries its per-cell sum ``lfact``). ``P`` vanishes at ``x = 0`` (about 90% of a
-single-cell matrix) and is evaluated with the accurate building block :func:`genjax._special.log_pochhammer_ratio`
+single-cell matrix) and is evaluated with the accurate building block :func:`genjax.likelihoods._special.log_pochhammer_ratio`
 only where it is needed:
 
 * gene-wise ``theta`` (the default): ``P`` depends on the cell only through the count, so the table
@@ -27,8 +27,8 @@ table. Per-cell values (ELBO, IWAE, reports) keep the exact per-cell route.
 
 Gradients are analytic (``custom_vjp``): ``dD/dlog_mu = theta (x - mu) / (theta + mu)``,
 ``dD/dlog_theta = -theta log1p(r) + mu (theta + x) / (theta + mu)`` and ``dP/dlog_theta = theta [digamma(x + theta)
-- digamma(theta) - x / theta]`` from :func:`genjax._special.delta_digamma_log` and
-:func:`genjax._special.log1pmx_from_w`. ZINB adds the zero-inflation mixture on the zero entries; Poisson is
+- digamma(theta) - x / theta]`` from :func:`genjax.likelihoods._special.delta_digamma_log` and
+:func:`genjax.likelihoods._special.log1pmx_from_w`. ZINB adds the zero-inflation mixture on the zero entries; Poisson is
 ``x log_mu - mu - lgamma(x + 1)``.
 
 The public ``nb_log_prob_log`` / ``zinb_log_prob_log`` / ``poisson_log_prob_log`` are the reference; the tests check
@@ -40,18 +40,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import _special as S
 from .._typing import Array
+from ._special import delta_digamma_log, log1pmx_from_w, log_pochhammer_ratio
 
-__all__: list[str] = []  # private: used by genjax._vae
+__all__ = ["SMALL", "fast_count_log_lik", "small_count_histogram", "small_count_tables", "nb_dense_part",
+           "pochhammer_part", "nb_dense_small_part", "small_count_total"]
 
 SMALL = 8
 """Counts ``1..SMALL`` use the per-gene table; larger ones the padded list ``nzl_*`` (see the module docstring)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# dense part D(x, log_mu, log_theta), per entry
-# ---------------------------------------------------------------------------------------------------------------
 
 
 @jax.custom_vjp
@@ -98,26 +94,21 @@ def _sum_to(g, shape):
     return g
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# count-only part P(x, theta)
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _poch_grad_theta(x, theta):
     """``theta dP/dtheta = theta [digamma(x + theta) - digamma(theta) - x / theta]``, accurate in float32."""
     y = x / theta
-    return theta * (S.delta_digamma_log(x, theta) + S.log1pmx_from_w(x / (x + 2.0 * theta), jnp.log1p(y), y))
+    return theta * (delta_digamma_log(x, theta) + log1pmx_from_w(x / (x + 2.0 * theta), jnp.log1p(y), y))
 
 
 @jax.custom_vjp
 def pochhammer_part(x, log_theta):
     """``P = lgamma(x + theta) - lgamma(theta) - x log(theta)`` per entry, exactly 0 at ``x = 0``."""
-    return S.log_pochhammer_ratio(x, jnp.exp(log_theta))
+    return log_pochhammer_ratio(x, jnp.exp(log_theta))
 
 
 def _poch_fwd(x, log_theta):
     theta = jnp.exp(log_theta)
-    return S.log_pochhammer_ratio(x, theta), (x, theta)
+    return log_pochhammer_ratio(x, theta), (x, theta)
 
 
 def _poch_bwd(res, ct):
@@ -148,7 +139,7 @@ def _select(x, table):
     return out
 
 
-def _small_tables(log_theta):
+def small_count_tables(log_theta):
     """``T[g, v] = P(v, theta_g)`` and ``dT[g, v] = theta_g dP/dtheta`` for ``v = 1..SMALL``, (genes, SMALL).
 
     By the recurrence ``P(v, theta) = sum_{k < v} log1p(k / theta)`` and ``theta dP/dtheta = -sum_{k < v}
@@ -176,7 +167,7 @@ def nb_dense_small_part(x, log_mu, log_theta):
 
 
 def _dense_small_fwd(x, log_mu, log_theta):
-    t, dt = _small_tables(log_theta)
+    t, dt = small_count_tables(log_theta)
     mu, theta, l1p = _dense_terms(log_mu, log_theta)
     out = -theta * l1p + x * (log_mu - l1p) + _select(x, t)
     return out, (x, log_mu, log_theta, dt)  # recomputed in the backward pass, see _dense_fwd
@@ -225,11 +216,11 @@ def small_count_histogram(x: Array) -> Array:
 @jax.custom_vjp
 def small_count_total(hist, log_theta):
     """``sum_{g, v} H[g, v] P(v, theta_g)``: the batch total of the small-count part ``P`` from its histogram."""
-    return jnp.sum(hist * _small_tables(log_theta)[0])
+    return jnp.sum(hist * small_count_tables(log_theta)[0])
 
 
 def _total_fwd(hist, log_theta):
-    t, dt = _small_tables(log_theta)
+    t, dt = small_count_tables(log_theta)
     return jnp.sum(hist * t), (hist, dt)
 
 
@@ -239,11 +230,6 @@ def _total_bwd(res, ct):
 
 
 small_count_total.defvjp(_total_fwd, _total_bwd)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# per-cell log-likelihoods
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def fast_count_log_lik(likelihood: str, x: Array, out: dict[str, Array], batch: dict[str, Array], *,

@@ -6,7 +6,7 @@ Parameterisation everywhere: ``mu`` is the mean, ``theta`` the inverse dispersio
 numeric dtype.
 
 The log-pmfs are assembled from Loader's saddle-point pieces (C. Loader, "Fast and Accurate Computation of
-Binomial Probabilities", 2000; the forms behind R's ``dnbinom_mu`` and ``dpois``), see ``genjax/_special.py``::
+Binomial Probabilities", 2000; the forms behind R's ``dnbinom_mu`` and ``dpois``), see ``genjax/likelihoods/_special.py``::
 
     log NB(x | mu, theta) = - 1/2 log(2 pi x (1 + x / theta)) - stirlerr(x) + stirlerr(x + theta) - stirlerr(theta)
                             - bd0(theta, theta (x + theta) / (theta + mu)) - bd0(x, mu (x + theta) / (theta + mu))
@@ -33,15 +33,13 @@ input is invalid (negative, non-integer or NaN counts, ``mu < 0``, ``theta <= 0`
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ._variates import nb_variates
+from .._typing import Array, ArrayLike
 from ._special import (
     bd0_from_delta,
     delta_digamma_log,
@@ -49,7 +47,7 @@ from ._special import (
     stirlerr,
     stirlerr_count,
 )
-from .._typing import Array, ArrayLike, PRNGKeyArray
+from ._validation import as_float, float_dtype, invalid_mask, validate_args_if
 
 __all__ = [
     "nb_log_prob",
@@ -58,89 +56,12 @@ __all__ = [
     "zinb_log_prob_log",
     "poisson_log_prob",
     "poisson_log_prob_log",
-    "sample_nb",
-    "sample_zinb",
-    "nb_mean",
-    "nb_variance",
-    "zinb_mean",
-    "zinb_variance",
 ]
 
 _TWO_PI = 2.0 * math.pi
 # Tiny means are rescaled by an exact power of two before forming x / mu, so the ratio cannot overflow.
 _MU_SCALE_EXP = 60
 _MU_TINY = 2.0**-_MU_SCALE_EXP
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# dtypes and host-side validation
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _float_dtype(*args) -> jnp.dtype:
-    """float64 if the promoted inputs are float64 (x64 enabled), float32 otherwise (ints, halves included)."""
-    dtype = jnp.result_type(*args)
-    return jnp.dtype(jnp.float64) if dtype == jnp.float64 else jnp.dtype(jnp.float32)
-
-
-def _as_float(dtype, *args):
-    """The arguments as (strongly typed) arrays of ``dtype``: one jit cache entry whatever mix of Python scalars,
-    integer counts and arrays the caller passes."""
-    return tuple(jnp.asarray(a, dtype) for a in args)
-
-
-def _concrete(*args) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in args)
-
-
-_RULES = {
-    # kind: (predicate for bad values on a float64 numpy array, requirement in words)
-    "counts": (lambda a: ~(a >= 0) | ~np.isfinite(a) | (a != np.floor(a)), "non-negative integers (counts)"),
-    "mean": (lambda a: ~(a >= 0) | ~np.isfinite(a), "finite and >= 0"),
-    "positive": (lambda a: ~(a > 0) | ~np.isfinite(a), "finite and > 0"),
-    "real": (lambda a: ~np.isfinite(a), "finite"),
-    "log_mean": (lambda a: np.isnan(a) | (a == np.inf), "< +inf and not NaN (-inf means mu = 0)"),
-}
-
-
-def check_args(fn_name: str, **named: tuple[ArrayLike, str]) -> None:
-    """Raise ``ValueError`` for the first argument with an invalid value (host-side; concrete arrays only).
-
-    Arguments:
-        fn_name: the public name used in the message.
-        named: ``name=(array, kind)`` with kind one of ``counts``, ``mean``, ``positive``, ``real``, ``log_mean``.
-
-    Raises:
-        ValueError: naming the function, the argument, the requirement, the first offending value and its index.
-    """
-    for name, (value, kind) in named.items():
-        arr = np.asarray(value, dtype=np.float64)
-        is_bad, requirement = _RULES[kind]
-        bad = is_bad(arr)
-        if bad.any():
-            idx = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{fn_name}: {name} must be {requirement}; found {float(arr[idx])!r} at index {idx} "
-                f"(shape {arr.shape}, {int(bad.sum())} invalid value(s))"
-            )
-
-
-def _validate(validate_args: bool, fn_name: str, **named) -> None:
-    if validate_args and _concrete(*(v for v, _ in named.values())):
-        check_args(fn_name, **named)
-
-
-def _invalid(x, *param_conditions):
-    """True where the counts are not non-negative integers or a parameter condition fails (NaN-aware)."""
-    bad = ~(x >= 0) | (x != jnp.floor(x)) | (x == jnp.inf)
-    for ok in param_conditions:
-        bad = bad | ~ok
-    return bad
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# negative binomial core (shared by the (mu, theta) and (log_mu, log_theta) parameterisations)
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _nb_parts(x, mu, theta, log_x_over_mu):
@@ -251,11 +172,6 @@ def _nb_lp_log_jvp(primals, tangents):
 _nb_lp_log.defjvp(_nb_lp_log_jvp, symbolic_zeros=True)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# public log-probabilities
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def nb_log_prob(x: ArrayLike, mu: ArrayLike, theta: ArrayLike, *, validate_args: bool = True) -> Array:
     """Log-pmf of the negative binomial with mean ``mu`` and inverse dispersion ``theta``.
 
@@ -278,17 +194,17 @@ def nb_log_prob(x: ArrayLike, mu: ArrayLike, theta: ArrayLike, *, validate_args:
         ValueError: for concrete inputs with negative, non-integer, NaN or infinite counts, ``mu < 0``,
             ``theta <= 0`` or non-finite parameters, naming the argument, the value and its index.
     """
-    _validate(validate_args, "nb_log_prob", x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"))
-    return _nb_kernel(*_as_float(_float_dtype(x, mu, theta), x, mu, theta))
+    validate_args_if(validate_args, "nb_log_prob", x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"))
+    return _nb_kernel(*as_float(float_dtype(x, mu, theta), x, mu, theta))
 
 
 # The kernels are jitted so that eager calls run one fused computation (and compile once per shape) instead of
 # dispatching ~100 primitives; inside a caller's jit they are inlined.
 @jax.jit
 def _nb_kernel(x, mu, theta):
-    x, mu, theta = _as_float(_float_dtype(x, mu, theta), x, mu, theta)
+    x, mu, theta = as_float(float_dtype(x, mu, theta), x, mu, theta)
     lp = _nb_lp(x, mu, theta)
-    bad = _invalid(x, (mu >= 0) & (mu < jnp.inf), (theta > 0) & (theta < jnp.inf))
+    bad = invalid_mask(x, (mu >= 0) & (mu < jnp.inf), (theta > 0) & (theta < jnp.inf))
     return jnp.where(bad, jnp.nan, lp)
 
 
@@ -315,21 +231,21 @@ def nb_log_prob_log(
     Raises:
         ValueError: for concrete invalid input (bad counts, NaN / +inf ``log_mu``, non-finite ``log_theta``).
     """
-    _validate(
+    validate_args_if(
         validate_args,
         "nb_log_prob_log",
         x=(x, "counts"),
         log_mu=(log_mu, "log_mean"),
         log_theta=(log_theta, "real"),
     )
-    return _nb_log_kernel(*_as_float(_float_dtype(x, log_mu, log_theta), x, log_mu, log_theta))
+    return _nb_log_kernel(*as_float(float_dtype(x, log_mu, log_theta), x, log_mu, log_theta))
 
 
 @jax.jit
 def _nb_log_kernel(x, log_mu, log_theta):
-    x, log_mu, log_theta = _as_float(_float_dtype(x, log_mu, log_theta), x, log_mu, log_theta)
+    x, log_mu, log_theta = as_float(float_dtype(x, log_mu, log_theta), x, log_mu, log_theta)
     lp = _nb_lp_log(x, log_mu, log_theta)
-    bad = _invalid(x, ~jnp.isnan(log_mu) & (log_mu < jnp.inf), jnp.isfinite(log_theta))
+    bad = invalid_mask(x, ~jnp.isnan(log_mu) & (log_mu < jnp.inf), jnp.isfinite(log_theta))
     return jnp.where(bad, jnp.nan, lp)
 
 
@@ -400,7 +316,7 @@ def zinb_log_prob(
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    _validate(
+    validate_args_if(
         validate_args,
         "zinb_log_prob",
         x=(x, "counts"),
@@ -408,12 +324,12 @@ def zinb_log_prob(
         theta=(theta, "positive"),
         zi_logits=(zi_logits, "real"),
     )
-    return _zinb_kernel(*_as_float(_float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits))
+    return _zinb_kernel(*as_float(float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits))
 
 
 @jax.jit
 def _zinb_kernel(x, mu, theta, zi_logits):
-    x, mu, theta, zi_logits = _as_float(_float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits)
+    x, mu, theta, zi_logits = as_float(float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits)
     return _zero_inflate(x, _nb_kernel(x, mu, theta), zi_logits)
 
 
@@ -435,7 +351,7 @@ def zinb_log_prob_log(
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    _validate(
+    validate_args_if(
         validate_args,
         "zinb_log_prob_log",
         x=(x, "counts"),
@@ -444,20 +360,15 @@ def zinb_log_prob_log(
         zi_logits=(zi_logits, "real"),
     )
     return _zinb_log_kernel(
-        *_as_float(_float_dtype(x, log_mu, log_theta, zi_logits), x, log_mu, log_theta, zi_logits)
+        *as_float(float_dtype(x, log_mu, log_theta, zi_logits), x, log_mu, log_theta, zi_logits)
     )
 
 
 @jax.jit
 def _zinb_log_kernel(x, log_mu, log_theta, zi_logits):
-    dtype = _float_dtype(x, log_mu, log_theta, zi_logits)
-    x, log_mu, log_theta, zi_logits = _as_float(dtype, x, log_mu, log_theta, zi_logits)
+    dtype = float_dtype(x, log_mu, log_theta, zi_logits)
+    x, log_mu, log_theta, zi_logits = as_float(dtype, x, log_mu, log_theta, zi_logits)
     return _zero_inflate(x, _nb_log_kernel(x, log_mu, log_theta), zi_logits)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Poisson
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _poisson_parts(x, rate, log_x_over_rate):
@@ -524,15 +435,15 @@ def poisson_log_prob(x: ArrayLike, rate: ArrayLike, *, validate_args: bool = Tru
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    _validate(validate_args, "poisson_log_prob", x=(x, "counts"), rate=(rate, "mean"))
-    return _poisson_kernel(*_as_float(_float_dtype(x, rate), x, rate))
+    validate_args_if(validate_args, "poisson_log_prob", x=(x, "counts"), rate=(rate, "mean"))
+    return _poisson_kernel(*as_float(float_dtype(x, rate), x, rate))
 
 
 @jax.jit
 def _poisson_kernel(x, rate):
-    x, rate = _as_float(_float_dtype(x, rate), x, rate)
+    x, rate = as_float(float_dtype(x, rate), x, rate)
     lp = _poisson_lp(x, rate)
-    return jnp.where(_invalid(x, (rate >= 0) & (rate < jnp.inf)), jnp.nan, lp)
+    return jnp.where(invalid_mask(x, (rate >= 0) & (rate < jnp.inf)), jnp.nan, lp)
 
 
 def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bool = True) -> Array:
@@ -549,130 +460,13 @@ def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bo
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    _validate(validate_args, "poisson_log_prob_log", x=(x, "counts"), log_rate=(log_rate, "log_mean"))
-    return _poisson_log_kernel(*_as_float(_float_dtype(x, log_rate), x, log_rate))
+    validate_args_if(validate_args, "poisson_log_prob_log", x=(x, "counts"), log_rate=(log_rate, "log_mean"))
+    return _poisson_log_kernel(*as_float(float_dtype(x, log_rate), x, log_rate))
 
 
 @jax.jit
 def _poisson_log_kernel(x, log_rate):
-    x, log_rate = _as_float(_float_dtype(x, log_rate), x, log_rate)
+    x, log_rate = as_float(float_dtype(x, log_rate), x, log_rate)
     lp = _poisson_lp_log(x, log_rate)
-    return jnp.where(_invalid(x, ~jnp.isnan(log_rate) & (log_rate < jnp.inf)), jnp.nan, lp)
+    return jnp.where(invalid_mask(x, ~jnp.isnan(log_rate) & (log_rate < jnp.inf)), jnp.nan, lp)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# sampling and moments
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _sample_shape(shape, *params) -> tuple[int, ...]:
-    return (
-        jnp.broadcast_shapes(*(jnp.shape(p) for p in params))
-        if shape is None
-        else tuple(int(n) for n in shape)
-    )
-
-
-def sample_nb(
-    key: PRNGKeyArray, mu: ArrayLike, theta: ArrayLike, shape=None, *, validate_args: bool = True
-) -> Array:
-    """Draw negative binomial counts as a gamma-Poisson mixture.
-
-    ``lambda ~ Gamma(theta, rate = theta / mu)``, ``x ~ Poisson(lambda)``. The gamma draw is taken on the log scale
-    (Marsaglia-Tsang) so that tiny ``theta`` (1e-4) does not underflow and huge ``theta`` (1e8, the Poisson limit)
-    stays exact; the Poisson draw is inversion below rate 10 and Hormann's PTRS above (see
-    ``genjax/_likelihood_sampling.py``); ``mu = 0`` gives 0. Counts above 2^24 are rounded to float32.
-
-    Arguments:
-        key: a PRNG key.
-        mu: mean, ``>= 0``.
-        theta: inverse dispersion, ``> 0``.
-        shape: output shape (``jax.random`` convention: the parameters broadcast to it); default: the broadcast
-            shape of ``mu`` and ``theta``.
-        validate_args: check concrete parameters on the host (default).
-
-    Returns:
-        Counts as floats (float32, or float64 for float64 parameters) of ``shape``.
-
-    Raises:
-        ValueError: for concrete ``mu < 0`` or ``theta <= 0`` (or non-finite), naming the value and its index.
-    """
-    _validate(validate_args, "sample_nb", mu=(mu, "mean"), theta=(theta, "positive"))
-    shape = _sample_shape(shape, mu, theta)
-    return _sample_nb_kernel(key, *_as_float(_float_dtype(mu, theta), mu, theta), shape)
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def _sample_nb_kernel(key, mu, theta, shape):
-    dtype = _float_dtype(mu, theta)
-    mu, theta = _as_float(dtype, mu, theta)
-    return nb_variates(key, jnp.broadcast_to(mu, shape), jnp.broadcast_to(theta, shape))
-
-
-def sample_zinb(
-    key: PRNGKeyArray,
-    mu: ArrayLike,
-    theta: ArrayLike,
-    zi_logits: ArrayLike,
-    shape=None,
-    *,
-    validate_args: bool = True,
-) -> Array:
-    """Draw zero-inflated negative binomial counts: 0 with probability ``sigmoid(zi_logits)``, else NB.
-
-    Arguments:
-        key: a PRNG key.
-        mu: NB mean, ``>= 0``.
-        theta: NB inverse dispersion, ``> 0``.
-        zi_logits: logits of the zero-inflation probability.
-        shape: output shape (parameters broadcast to it); default: the broadcast shape of the parameters.
-        validate_args: check concrete parameters on the host (default).
-
-    Returns:
-        Counts as floats of ``shape`` (float32, or float64 for float64 parameters).
-
-    Raises:
-        ValueError: for concrete invalid parameters, naming the value and its index.
-    """
-    _validate(
-        validate_args,
-        "sample_zinb",
-        mu=(mu, "mean"),
-        theta=(theta, "positive"),
-        zi_logits=(zi_logits, "real"),
-    )
-    shape = _sample_shape(shape, mu, theta, zi_logits)
-    params = _as_float(_float_dtype(mu, theta, zi_logits), mu, theta, zi_logits)
-    return _sample_zinb_kernel(key, *params, shape)
-
-
-@functools.partial(jax.jit, static_argnums=4)
-def _sample_zinb_kernel(key, mu, theta, zi_logits, shape):
-    dtype = _float_dtype(mu, theta, zi_logits)
-    mu, theta, zi_logits = (jnp.broadcast_to(a, shape) for a in _as_float(dtype, mu, theta, zi_logits))
-    return nb_variates(key, mu, theta, zero_prob=jax.nn.sigmoid(zi_logits))
-
-
-def nb_mean(mu: ArrayLike, theta: ArrayLike) -> Array:
-    """Mean of NB(mu, theta): ``mu`` (broadcast against ``theta``)."""
-    mu, theta = jnp.broadcast_arrays(*_as_float(_float_dtype(mu, theta), mu, theta))
-    return mu
-
-
-def nb_variance(mu: ArrayLike, theta: ArrayLike) -> Array:
-    """Variance of NB(mu, theta): ``mu + mu^2 / theta``."""
-    mu, theta = _as_float(_float_dtype(mu, theta), mu, theta)
-    return mu + mu * mu / theta
-
-
-def zinb_mean(mu: ArrayLike, theta: ArrayLike, zi_logits: ArrayLike) -> Array:
-    """Mean of ZINB: ``(1 - pi) mu`` with ``pi = sigmoid(zi_logits)`` (broadcast shape)."""
-    mu, theta, zi_logits = _as_float(_float_dtype(mu, theta, zi_logits), mu, theta, zi_logits)
-    return jax.nn.sigmoid(-zi_logits) * mu + jnp.zeros_like(theta)
-
-
-def zinb_variance(mu: ArrayLike, theta: ArrayLike, zi_logits: ArrayLike) -> Array:
-    """Variance of ZINB: ``(1 - pi) mu (1 + pi mu + mu / theta)`` with ``pi = sigmoid(zi_logits)``."""
-    mu, theta, zi_logits = _as_float(_float_dtype(mu, theta, zi_logits), mu, theta, zi_logits)
-    pi = jax.nn.sigmoid(zi_logits)
-    return jax.nn.sigmoid(-zi_logits) * mu * (1.0 + pi * mu + mu / theta)

@@ -1,4 +1,4 @@
-"""Special functions behind the count likelihoods, written for float32 accuracy (private building blocks).
+"""Special functions behind the count likelihoods, written for float32 accuracy.
 
 The negative-binomial log-pmf is assembled from Loader's saddle-point pieces (C. Loader, "Fast and Accurate
 Computation of Binomial Probabilities", 2000), the forms behind R's ``dbinom_raw`` / ``dnbinom_mu`` / ``dpois``:
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__: list[str] = []  # private module: nothing re-exported
+__all__ = ["horner", "stirlerr", "stirlerr_count", "bd0_from_delta", "log1pmx_from_w", "log_pochhammer_ratio",
+           "delta_digamma_log", "V_CUT"]
 
 # stirlerr(n) for n = 0..15 (n = 0 is a placeholder, never selected), from mpmath at 40 digits.
 _STIRLERR_TABLE = (
@@ -59,7 +60,7 @@ def _is_f64(x) -> bool:
     return jnp.dtype(x.dtype) == jnp.float64
 
 
-def _poly(t, coeffs):
+def horner(t, coeffs):
     """Horner evaluation of sum_k coeffs[k] t^k."""
     acc = jnp.asarray(coeffs[-1], t.dtype)
     for c in reversed(coeffs[:-1]):
@@ -79,7 +80,7 @@ def _n_series(dtype) -> int:
 
 def _stirlerr_asymptotic(z, n_terms: int):
     zi = 1.0 / z
-    return zi * _poly(zi * zi, _STIRLERR_SERIES[:n_terms])
+    return zi * horner(zi * zi, _STIRLERR_SERIES[:n_terms])
 
 
 def _rising_ratio_log(z, k: int):
@@ -141,7 +142,7 @@ def stirlerr_count(n):
 def _atanh_tail(v, dtype):
     """``sum_{j>=0} v^(2j) / (2j + 3)`` truncated for ``|v| < V_CUT`` (relative error < 1e-8 / 1e-14)."""
     n_terms = 10 if jnp.dtype(dtype) == jnp.float64 else 5
-    return _poly(v * v, tuple(1.0 / (2 * j + 3) for j in range(n_terms)))
+    return horner(v * v, tuple(1.0 / (2 * j + 3) for j in range(n_terms)))
 
 
 V_CUT = 0.25
@@ -201,7 +202,7 @@ def _phi_asymptotic(z, n_terms):
     """``digamma(z) - log(z)`` for large ``z``."""
     zi = 1.0 / z
     z2 = zi * zi
-    return -0.5 * zi - z2 * _poly(z2, _PHI_SERIES[:n_terms])
+    return -0.5 * zi - z2 * horner(z2, _PHI_SERIES[:n_terms])
 
 
 def _phi_shifted(z, k: int, n_terms: int):

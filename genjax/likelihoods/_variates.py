@@ -1,4 +1,5 @@
-"""Gamma and Poisson variates for the gamma-Poisson (negative binomial) samplers (private).
+"""Negative binomial and ZINB samplers (:func:`sample_nb`, :func:`sample_zinb`) and the gamma and Poisson variates
+behind them.
 
 ``jax.random.loggamma`` and ``jax.random.poisson`` take 4-6 s each to compile on CPU (every new output shape
 recompiles), and ``poisson`` returns int32 and evaluates its acceptance test ``k log(rate) - rate - lgamma(k + 1)``
@@ -18,13 +19,17 @@ elements advance together, finished ones are masked):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._special import _poly, bd0_from_delta, stirlerr_count
+from .._typing import Array, ArrayLike, PRNGKeyArray
+from ._special import bd0_from_delta, horner, stirlerr_count
+from ._validation import as_float, float_dtype, validate_args_if
 
-__all__: list[str] = []  # private module
+__all__ = ["sample_nb", "sample_zinb", "nb_variates", "log_gamma_variates", "poisson_variates"]
 
 _MAX_ITERATIONS = 1000  # a safety net only: acceptance rates are >= 0.9 (PTRS) and >= 0.95 (Marsaglia-Tsang)
 _SMALL_RATE = 10.0
@@ -37,7 +42,7 @@ def _expm1_minus_x(w):
     for k in range(2, n_terms + 2):
         fact *= k
         coeffs.append(1.0 / fact)
-    series = w * w * _poly(w, coeffs)
+    series = w * w * horner(w, coeffs)
     return jnp.where(jnp.abs(w) < 0.5, series, jnp.expm1(w) - w)
 
 
@@ -180,3 +185,91 @@ def nb_variates(key, mu, theta, zero_prob=None):
     if zero_prob is not None:
         counts = jnp.where(u[2] <= zero_prob, 0.0, counts)
     return counts
+
+
+def _sample_shape(shape, *params) -> tuple[int, ...]:
+    return (
+        jnp.broadcast_shapes(*(jnp.shape(p) for p in params))
+        if shape is None
+        else tuple(int(n) for n in shape)
+    )
+
+
+def sample_nb(
+    key: PRNGKeyArray, mu: ArrayLike, theta: ArrayLike, shape=None, *, validate_args: bool = True
+) -> Array:
+    """Draw negative binomial counts as a gamma-Poisson mixture.
+
+    ``lambda ~ Gamma(theta, rate = theta / mu)``, ``x ~ Poisson(lambda)``. The gamma draw is taken on the log scale
+    (Marsaglia-Tsang) so that tiny ``theta`` (1e-4) does not underflow and huge ``theta`` (1e8, the Poisson limit)
+    stays exact; the Poisson draw is inversion below rate 10 and Hormann's PTRS above (see
+    ``genjax/_likelihood_sampling.py``); ``mu = 0`` gives 0. Counts above 2^24 are rounded to float32.
+
+    Arguments:
+        key: a PRNG key.
+        mu: mean, ``>= 0``.
+        theta: inverse dispersion, ``> 0``.
+        shape: output shape (``jax.random`` convention: the parameters broadcast to it); default: the broadcast
+            shape of ``mu`` and ``theta``.
+        validate_args: check concrete parameters on the host (default).
+
+    Returns:
+        Counts as floats (float32, or float64 for float64 parameters) of ``shape``.
+
+    Raises:
+        ValueError: for concrete ``mu < 0`` or ``theta <= 0`` (or non-finite), naming the value and its index.
+    """
+    validate_args_if(validate_args, "sample_nb", mu=(mu, "mean"), theta=(theta, "positive"))
+    shape = _sample_shape(shape, mu, theta)
+    return _sample_nb_kernel(key, *as_float(float_dtype(mu, theta), mu, theta), shape)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _sample_nb_kernel(key, mu, theta, shape):
+    dtype = float_dtype(mu, theta)
+    mu, theta = as_float(dtype, mu, theta)
+    return nb_variates(key, jnp.broadcast_to(mu, shape), jnp.broadcast_to(theta, shape))
+
+
+def sample_zinb(
+    key: PRNGKeyArray,
+    mu: ArrayLike,
+    theta: ArrayLike,
+    zi_logits: ArrayLike,
+    shape=None,
+    *,
+    validate_args: bool = True,
+) -> Array:
+    """Draw zero-inflated negative binomial counts: 0 with probability ``sigmoid(zi_logits)``, else NB.
+
+    Arguments:
+        key: a PRNG key.
+        mu: NB mean, ``>= 0``.
+        theta: NB inverse dispersion, ``> 0``.
+        zi_logits: logits of the zero-inflation probability.
+        shape: output shape (parameters broadcast to it); default: the broadcast shape of the parameters.
+        validate_args: check concrete parameters on the host (default).
+
+    Returns:
+        Counts as floats of ``shape`` (float32, or float64 for float64 parameters).
+
+    Raises:
+        ValueError: for concrete invalid parameters, naming the value and its index.
+    """
+    validate_args_if(
+        validate_args,
+        "sample_zinb",
+        mu=(mu, "mean"),
+        theta=(theta, "positive"),
+        zi_logits=(zi_logits, "real"),
+    )
+    shape = _sample_shape(shape, mu, theta, zi_logits)
+    params = as_float(float_dtype(mu, theta, zi_logits), mu, theta, zi_logits)
+    return _sample_zinb_kernel(key, *params, shape)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _sample_zinb_kernel(key, mu, theta, zi_logits, shape):
+    dtype = float_dtype(mu, theta, zi_logits)
+    mu, theta, zi_logits = (jnp.broadcast_to(a, shape) for a in as_float(dtype, mu, theta, zi_logits))
+    return nb_variates(key, mu, theta, zero_prob=jax.nn.sigmoid(zi_logits))

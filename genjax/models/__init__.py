@@ -1,5 +1,18 @@
-"""User classes: VAE, latent priors, LatentGenerator."""
+"""User classes over the pure functions (scvi-tools' ``model/`` idea, by composition).
 
-from ._latent_generator import *  # noqa: F403
-from ._latent_prior import *  # noqa: F403
-from ._vae import *  # noqa: F403
+* :class:`VAE` (``_vae.py``): the count VAE on an AnnData (fit, latent, generate, counterfactual, save / load);
+* latent priors (``_latent_prior.py``): :class:`DiffusionPrior`, :class:`FlowPrior`, :func:`fit_prior`;
+* :class:`LatentGenerator` (``_latent_generator.py``): a VAE plus a conditional diffusion or flow prior on its
+  latents.
+"""
+
+from ._latent_generator import LatentGenerator as LatentGenerator
+from ._latent_prior import PRIOR_FAMILIES as PRIOR_FAMILIES
+from ._latent_prior import AbstractLatentPrior as AbstractLatentPrior
+from ._latent_prior import DiffusionPrior as DiffusionPrior
+from ._latent_prior import FlowPrior as FlowPrior
+from ._latent_prior import fit_prior as fit_prior
+from ._latent_prior import load_prior as load_prior
+from ._latent_prior import sample_prior as sample_prior
+from ._vae import VAE as VAE
+from ._vae import VAEFunctions as VAEFunctions

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import nn as gnn
-from ..training._checkpoint import atomic_directory, load_pytree, save_pytree
-from ..data._matrix import DataRegistry, get_matrix, row_sums, validate_counts
-from ._latent_prior import PriorModel, fit_prior, load_prior, sample_prior
+from ..data import DataRegistry, get_matrix, kmeans_labels, row_sums, validate_counts
+from ..training import atomic_directory, load_pytree, save_pytree
+from ._latent_prior import AbstractLatentPrior, fit_prior, load_prior, sample_prior
 from ._vae import VAE
 
 __all__ = ["LatentGenerator"]
@@ -110,13 +110,12 @@ class LatentGenerator:
         if space == "latent":
             self.vae = VAE(adata, likelihood=likelihood, conditions=conditions if decoder_conditions else None,
                            layer=layer, seed=seed, **self.options["vae_kwargs"])
-        self.prior_model: PriorModel | None = None
+        self.prior_model: AbstractLatentPrior | None = None
         self._shift = self._scale = None  # standardisation of the prior's space
         self._log1p_max = None  # largest training value of the log1p space (generation clips there)
         self._cluster: np.ndarray | None = None  # (cells,) k-means cluster of each training cell (prior_clusters)
         self.history: dict[str, list] = {}
 
-    # ----------------------------------------------------------------------------------------------------------
     @property
     def conditions(self) -> dict[str, tuple[str, ...]]:
         """Condition keys and their categories (training order)."""
@@ -152,7 +151,6 @@ class LatentGenerator:
             return np.asarray(self.vae.latent(self.adata), np.float32)
         return self._log1p_space()
 
-    # ----------------------------------------------------------------------------------------------------------
     def fit(self, *, vae_epochs: int | None = None, prior_steps: int = 4000, batch_size: int = 128,
             prior_batch_size: int = 256, prior_lr: float = 1e-3, checkpoint_dir=None, resume: bool = False,
             progress: bool = True, seed: int = 0, vae_fit_kwargs: dict | None = None,
@@ -190,14 +188,14 @@ class LatentGenerator:
         self._shift = points.mean(axis=0).astype(np.float32)
         self._scale = (points.std(axis=0) + 1e-6).astype(np.float32)
         z = (points - self._shift) / self._scale
-        num_classes = tuple(len(c) for c in self.registry.conditions.values())
+        n_categories = tuple(len(c) for c in self.registry.conditions.values())
         k = self.options.get("prior_clusters", 0)
-        self._cluster = _kmeans_labels(z, k, seed) if k else None
+        self._cluster = kmeans_labels(z, k, seed) if k else None
         cond = self._condition(self._prior_cat(self._cat, self._cluster))
         if k:
-            num_classes = num_classes + (k,)
+            n_categories = n_categories + (k,)
         self.prior_model, history = fit_prior(
-            z, cond, kind=self.options["prior"], num_classes=num_classes, steps=prior_steps,
+            z, cond, kind=self.options["prior"], n_categories=n_categories, steps=prior_steps,
             batch_size=prior_batch_size, lr=prior_lr, cond_dropout=self.options["cond_dropout"], seed=seed,
             progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "prior", resume=resume,
             **self.options["prior_kwargs"])
@@ -356,7 +354,6 @@ class LatentGenerator:
                                       jnp.asarray(cat[sl]), jax.random.fold_in(key, i))))
         return np.concatenate(parts).astype(np.float32)
 
-    # ----------------------------------------------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = True) -> None:
         """Write the generator to the directory ``path`` atomically: ``vae/`` (a :class:`genjax.VAE`),
         ``prior.msgpack`` (prior parameters), ``generator.json`` (settings, registry, standardisation) and
@@ -403,20 +400,6 @@ class LatentGenerator:
         self.prior_model = load_prior(meta["prior"], path / "prior.msgpack")
         self.history = meta["history"]
         return self
-
-
-def _kmeans_labels(z: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means cluster codes (cells,) int32 of the rows of ``z`` (k-means++ start, the best of 4 restarts)."""
-    from scipy.cluster.vq import kmeans2
-
-    z = np.asarray(z, np.float64)
-    best, best_inertia = None, np.inf
-    for r in range(4):
-        centroids, labels = kmeans2(z, k, minit="++", seed=np.random.default_rng([seed, r]))
-        inertia = float(np.sum((z - centroids[labels]) ** 2))
-        if inertia < best_inertia:
-            best, best_inertia = labels, inertia
-    return best.astype(np.int32)
 
 
 def _json_default(o: Any):

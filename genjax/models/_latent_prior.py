@@ -1,98 +1,206 @@
-"""A generative prior over points in R^d (VAE latents, or log1p expression), diffusion or flow, conditional with
-classifier-free guidance: the piece of :class:`genjax.LatentGenerator` that is fitted on the encoded cells.
+"""Generative priors over points in R^d (VAE latents, or log1p expression), conditional with classifier-free
+guidance: the piece of :class:`genjax.LatentGenerator` that is fitted on the encoded cells.
 
-:class:`PriorModel` holds what is needed to sample again after a save/load round trip: the kind, the network
-settings, the SDE settings and the parameters. :func:`fit_prior` trains one through the shared loop,
-:func:`sample_prior` draws from it (adaptive probability-flow ODE by default), :func:`load_prior` rebuilds it.
+The family is an object, not a string: :class:`DiffusionPrior` (a score network on a forward SDE, sampled by the
+probability-flow ODE or the reverse SDE) and :class:`FlowPrior` (a velocity network on a probability path, sampled
+by the flow ODE) share :class:`AbstractLatentPrior`: network settings, parameters, the field the samplers
+integrate, the training objective, sampling and a JSON configuration that :func:`load_prior` rebuilds them from.
+:func:`fit_prior` trains one with :func:`genjax.fit_field`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
-from typing import Any
+import warnings
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .. import nn as gnn
-from ..training._checkpoint import load_pytree
-from ..flow._flow import VelocityField, fit_flow_model
-from ..solvers._flow import sample_flow
-from ..fields._guidance import guidance_groups, guided_field
-from ..solvers._diffusion import sample_probability_flow_ode, sample_reverse_sde
-from ..diffusion._score import ScoreFunction, fit_score_model
-from ..diffusion._sde import VESDE, VPSDE, SubVPSDE
+from .._checks import check_choice
+from .._typing import Coupling, Parameterisation, PriorFamily, SDEName
+from ..diffusion import AbstractSDE, make_sde
+from ..fields import (
+    AbstractField,
+    AbstractObjective,
+    ConditionalFlowMatching,
+    DenoisingScoreMatching,
+    ScoreFunction,
+    VelocityField,
+    guidance_groups,
+    guided_field,
+)
+from ..nn import Condition, FieldNet
+from ..solvers import sample_flow, sample_probability_flow_ode, sample_reverse_sde
+from ..training import fit_field, load_pytree
 
-__all__ = ["PriorModel", "fit_prior", "sample_prior", "load_prior"]
+__all__ = ["AbstractLatentPrior", "DiffusionPrior", "FlowPrior", "PRIOR_FAMILIES", "fit_prior", "sample_prior",
+           "load_prior"]
 
-_SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+# FieldNet settings saved by genjax <= 0.1 under the fields' earlier names
+_RENAMED_NET = {"hidden": "n_hidden", "num_blocks": "n_layers", "num_classes": "n_categories"}
+
+
+@functools.cache
+def _field_net(**kwargs) -> FieldNet:
+    # one module instance per configuration: its bound ``apply`` is then the same static object for every prior
+    # with these settings, and jitted samplers do not recompile for a reloaded model
+    return FieldNet(**kwargs)
 
 
 @dataclasses.dataclass
-class PriorModel:
-    """A fitted prior: ``kind`` (``"diffusion"`` | ``"flow"``), network and SDE settings, parameters.
+class AbstractLatentPrior(abc.ABC):
+    """A fitted (or to-be-fitted) prior over ``dim``-dimensional points.
 
     Attributes:
-        kind: ``"diffusion"`` or ``"flow"``.
         dim: dimension of the modelled points.
-        net: keyword arguments of :class:`genjax.nn.FieldNet` (``hidden``, ``num_blocks``, ``num_classes``, ...).
-        sde: ``{"type": "vp" | "subvp" | "ve", **constructor arguments}`` (diffusion only).
-        parameterisation: what the network outputs (diffusion: ``"eps_skip"``, the noise minus its optimum for
-            unit-variance Gaussian data, which keeps probability-flow samples of the standardised points from
-            running off in the tails; see :mod:`genjax._score`).
-        params: network parameters (EMA parameters when trained with EMA).
+        net: keyword arguments of :class:`genjax.nn.FieldNet` (``n_hidden``, ``n_layers``, ``n_categories``).
+        params: network parameters (EMA parameters when trained with EMA), or ``None`` before fitting.
     """
 
-    kind: str
     dim: int
     net: dict
-    sde: dict
-    parameterisation: str
-    params: Any
+    params: Any = None
+
+    family: ClassVar[str]
 
     @property
-    def module(self) -> gnn.FieldNet:
-        return _field_net(**{**self.net, "num_classes": tuple(self.net.get("num_classes", ()))})
+    def kind(self) -> str:
+        """The family name, ``"diffusion"`` or ``"flow"``."""
+        return self.family
 
-    def make_sde(self):
-        kw = dict(self.sde)
-        return _SDES[kw.pop("type")](**kw)
+    @property
+    def module(self) -> FieldNet:
+        """The field network (one shared instance per configuration)."""
+        return _field_net(**{**self.net, "n_categories": tuple(self.net.get("n_categories", ()))})
 
-    def field(self):
-        """The batched field ``f(x, t, cond=None) -> (n, d)``: the score (diffusion) or the velocity (flow).
+    @abc.abstractmethod
+    def objective(self, cond_dropout: float, coupling: Coupling) -> AbstractObjective:
+        """The training objective of this prior's network."""
 
-        A pytree whose only leaves are the parameters, so jitted samplers reuse their compilation across calls
-        and across generators with the same settings.
-        """
-        if self.kind == "diffusion":
-            return ScoreFunction(self.module.apply, self.params, self.make_sde(), self.parameterisation)
-        return VelocityField(self.module.apply, self.params)
+    @abc.abstractmethod
+    def field(self) -> AbstractField:
+        """The batched field ``f(x, t, cond=None) -> (n, d)`` the samplers integrate; a pytree whose only leaves
+        are the parameters, so jitted samplers reuse their compilation across priors with the same settings."""
+
+    @abc.abstractmethod
+    def _solve(self, key, field, shape, cond, method, n_steps, rtol, atol, **kwargs):
+        """Integrate ``field`` from prior draws of ``shape``."""
+
+    def sample(self, key, n: int, *, cond: Condition | None = None, guidance=None, method: str = "ode",
+               n_steps: int | None = None, rtol: float = 1e-3, atol: float = 1e-3, **kwargs):
+        """Draw ``n`` points (see :func:`sample_prior`); returns ``(n, dim)`` float32 in the standardised space."""
+        field = self.field()
+        if guidance is not None and cond is not None:
+            field = guided_field(field, guidance, n_groups=guidance_groups(cond))
+        return self._solve(key, field, (int(n), self.dim), cond, method, n_steps, rtol, atol, **kwargs)
 
     def config(self) -> dict:
         """JSON-serialisable settings (everything but the parameters)."""
         net = dict(self.net)
-        net["num_classes"] = list(net.get("num_classes", ()))
-        return {"kind": self.kind, "dim": self.dim, "net": net, "sde": self.sde,
-                "parameterisation": self.parameterisation}
+        net["n_categories"] = list(net.get("n_categories", ()))
+        return {"family": self.family, "dim": self.dim, "net": net, **self._family_config()}
+
+    @abc.abstractmethod
+    def _family_config(self) -> dict:
+        """The family's own settings for :meth:`config`."""
 
 
-def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_classes: tuple[int, ...] = (),
+@dataclasses.dataclass
+class DiffusionPrior(AbstractLatentPrior):
+    """A score network on a forward SDE (denoising score matching).
+
+    Attributes:
+        sde: ``{"name": "vp" | "subvp" | "ve", **constructor arguments}`` of the SDE (:func:`genjax.diffusion.make_sde`).
+        parameterisation: what the network outputs (default ``"eps_skip"``, the noise minus its optimum for
+            unit-variance Gaussian data, which keeps probability-flow samples of the standardised points from
+            running off in the tails; see :mod:`genjax.diffusion`).
+    """
+
+    sde: dict = dataclasses.field(default_factory=lambda: {"name": "vp"})
+    parameterisation: Parameterisation = "eps_skip"
+
+    family: ClassVar[str] = "diffusion"
+
+    def make_sde(self) -> AbstractSDE:
+        """The SDE object."""
+        kw = dict(self.sde)
+        return make_sde(kw.pop("name"), **kw)
+
+    def objective(self, cond_dropout: float, coupling: Coupling) -> DenoisingScoreMatching:
+        if coupling != "independent":
+            raise ValueError(f"coupling={coupling!r} is a flow-matching option; a diffusion prior has none")
+        return DenoisingScoreMatching(self.make_sde(), parameterisation=self.parameterisation,
+                                      cond_dropout=cond_dropout)
+
+    def field(self) -> ScoreFunction:
+        return ScoreFunction(self.module.apply, self.params, self.make_sde(), self.parameterisation)
+
+    def _solve(self, key, field, shape, cond, method, n_steps, rtol, atol, **kwargs):
+        check_choice("method (diffusion prior)", method, ("ode", "sde"))
+        if method == "ode":
+            return sample_probability_flow_ode(key, field, self.make_sde(), shape, rtol=rtol, atol=atol, cond=cond,
+                                               n_steps=n_steps, **kwargs)[0]
+        return sample_reverse_sde(key, field, self.make_sde(), shape, n_steps=n_steps or 500, cond=cond,
+                                  **kwargs)[0]
+
+    def _family_config(self) -> dict:
+        return {"sde": dict(self.sde), "parameterisation": self.parameterisation}
+
+
+@dataclasses.dataclass
+class FlowPrior(AbstractLatentPrior):
+    """A velocity network on the linear (rectified-flow) path, trained by conditional flow matching."""
+
+    family: ClassVar[str] = "flow"
+
+    def objective(self, cond_dropout: float, coupling: Coupling) -> ConditionalFlowMatching:
+        return ConditionalFlowMatching(coupling=coupling, cond_dropout=cond_dropout)
+
+    def field(self) -> VelocityField:
+        return VelocityField(self.module.apply, self.params)
+
+    def _solve(self, key, field, shape, cond, method, n_steps, rtol, atol, **kwargs):
+        check_choice("method (flow prior)", method, ("ode",))
+        return sample_flow(key, field, shape, cond=cond, n_steps=n_steps, rtol=rtol, atol=atol, **kwargs)[0]
+
+    def _family_config(self) -> dict:
+        return {}
+
+
+PRIOR_FAMILIES: dict[str, type[AbstractLatentPrior]] = {"diffusion": DiffusionPrior, "flow": FlowPrior}
+"""The prior class of each family name (the ``prior=`` option of :class:`genjax.LatentGenerator`)."""
+
+
+def _net_settings(net: dict) -> dict:
+    """FieldNet settings in the current vocabulary (earlier names mapped, with a warning)."""
+    old = sorted(k for k in net if k in _RENAMED_NET)
+    if old:
+        warnings.warn(f"FieldNet settings {old} are now called {[_RENAMED_NET[k] for k in old]}", DeprecationWarning,
+                      stacklevel=3)
+    return {_RENAMED_NET.get(k, k): v for k, v in net.items()}
+
+
+def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_categories: tuple[int, ...] = (),
               steps: int = 4000, batch_size: int = 256, lr: float = 1e-3, cond_dropout: float = 0.1,
-              hidden: int = 256, num_blocks: int = 4, ema_decay: float | None = 0.999, sde: str = "vp",
-              sde_kwargs: dict | None = None, coupling: str = "independent", seed: int = 0, progress: bool = True,
-              checkpoint_dir=None, resume: bool = False, **train_kwargs) -> tuple[PriorModel, list[dict]]:
+              n_hidden: int = 256, n_layers: int = 4, ema_decay: float | None = 0.999, sde: SDEName = "vp",
+              sde_kwargs: dict | None = None, coupling: Coupling = "independent", seed: int = 0,
+              progress: bool = True, checkpoint_dir=None, resume: bool = False,
+              **train_kwargs) -> tuple[AbstractLatentPrior, list[dict]]:
     """Fit a conditional diffusion (denoising score matching) or flow-matching prior on points ``z``.
 
     Arguments:
         z: ``(n, d)`` float32 training points (standardise them first).
         cond: a :class:`genjax.nn.Condition` per point (labels ``(n, k)``) or ``None``.
-        kind: ``"diffusion"`` or ``"flow"``.
-        num_classes: categories per attribute of ``cond``.
+        kind: the family, ``"diffusion"`` or ``"flow"``.
+        n_categories: categories per attribute of ``cond``.
         steps, batch_size, lr: optimizer steps, batch size and Adam learning rate (cosine-decayed to 10%).
         cond_dropout: null-token dropout rate per attribute (classifier-free guidance).
-        hidden, num_blocks: width and residual blocks of the :class:`genjax.nn.FieldNet`.
+        n_hidden, n_layers: width and residual blocks of the :class:`genjax.nn.FieldNet` (earlier names
+            ``hidden``, ``num_blocks``, ``num_classes`` are accepted with a ``DeprecationWarning``).
         ema_decay: EMA of the parameters used for sampling (``None``: no EMA).
         sde, sde_kwargs: ``"vp"`` | ``"subvp"`` | ``"ve"`` and its constructor arguments (diffusion).
         coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport within conditions; flow only).
@@ -100,87 +208,77 @@ def fit_prior(z, cond: gnn.Condition | None, *, kind: str = "diffusion", num_cla
         train_kwargs: further :class:`genjax.TrainConfig` fields.
 
     Returns:
-        ``(prior, history)``.
+        ``(prior, history)``: a fitted :class:`DiffusionPrior` or :class:`FlowPrior` and the training records.
+
+    Raises:
+        ValueError: an unknown family, SDE or coupling, or a coupling for a diffusion prior.
     """
-    if kind not in ("diffusion", "flow"):
-        raise ValueError(f"kind must be 'diffusion' or 'flow'; got {kind!r}")
-    if kind == "diffusion" and coupling != "independent":
-        raise ValueError(f"coupling={coupling!r} is a flow-matching option; a diffusion prior has none")
+    renamed = {k: train_kwargs.pop(k) for k in list(train_kwargs) if k in _RENAMED_NET}
+    net = _net_settings({"n_hidden": n_hidden, "n_layers": n_layers, "n_categories": n_categories, **renamed})
+    net = {"n_hidden": int(net["n_hidden"]), "n_layers": int(net["n_layers"]),
+           "n_categories": tuple(int(k) for k in net["n_categories"])}
+    check_choice("kind", kind, PriorFamily)
+    check_choice("sde", sde, SDEName)
     z = jnp.asarray(z, jnp.float32)
-    net = {"hidden": int(hidden), "num_blocks": int(num_blocks), "num_classes": tuple(int(k) for k in num_classes)}
-    schedule = optax.cosine_decay_schedule(lr, steps, alpha=0.1)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
-    common = dict(optimizer=optimizer, seed=seed, max_steps=steps, batch_size=min(batch_size, z.shape[0]),
-                  ema_decay=ema_decay, progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
-                  checkpoint_every=10**9, **train_kwargs)
     if kind == "diffusion":
-        sde_cfg = {"type": sde, **(sde_kwargs or {})}
-        if sde not in _SDES:
-            raise ValueError(f"sde must be one of {sorted(_SDES)}; got {sde!r}")
-        prior = PriorModel("diffusion", int(z.shape[1]), net, sde_cfg, "eps_skip", None)
-        res = fit_score_model(z, prior.make_sde(), prior.module, cond=cond, parameterisation="eps_skip",
-                              cond_dropout=cond_dropout, description="prior", **common)
-        prior.params = res.score_fn.params
-        return prior, res.fit.history
-    prior = PriorModel("flow", int(z.shape[1]), net, {}, "velocity", None)
-    res = fit_flow_model(z, prior.module, cond=cond, cond_dropout=cond_dropout, coupling=coupling,
-                         description="prior", **common)
+        prior = DiffusionPrior(int(z.shape[1]), net, sde={"name": sde, **(sde_kwargs or {})})
+    else:
+        prior = FlowPrior(int(z.shape[1]), net)
+    objective = prior.objective(cond_dropout, coupling)  # checks the options before any compute
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, steps, 0.1)))
+    res = fit_field(z, objective, prior.module, cond=cond, optimizer=optimizer, seed=seed, max_steps=steps,
+                    batch_size=min(batch_size, z.shape[0]), ema_decay=ema_decay, progress=progress,
+                    checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=10**9, description="prior",
+                    **train_kwargs)
     prior.params = res.params
-    return prior, res.fit.history
+    return prior, res.history
 
 
-@functools.cache
-def _field_net(**kwargs) -> gnn.FieldNet:
-    # one module instance per configuration: its bound ``apply`` is then the same static object for every
-    # PriorModel with these settings, and jitted samplers do not recompile for a reloaded model
-    return gnn.FieldNet(**kwargs)
-
-
-def sample_prior(prior: PriorModel, key, n: int, *, cond: gnn.Condition | None = None, guidance=None,
+def sample_prior(prior: AbstractLatentPrior, key, n: int, *, cond: Condition | None = None, guidance=None,
                  method: str = "ode", n_steps: int | None = None, rtol: float = 1e-3, atol: float = 1e-3,
                  **kwargs):
     """Draw ``n`` points from a fitted prior.
 
     Arguments:
-        prior: a :class:`PriorModel`. key: PRNG key. n: number of points.
+        prior: a fitted :class:`DiffusionPrior` or :class:`FlowPrior`. key: PRNG key. n: number of points.
         cond: :class:`genjax.nn.Condition` with leading size ``n`` (``-1`` labels: null / not requested).
         guidance: ``None`` (plain conditional), a weight ``w`` (``f_null + w (f_c - f_null)``), or a tuple of
             one weight per attribute (compositional guidance).
-        method: diffusion: ``"ode"`` (adaptive probability-flow ODE, default), ``"sde"`` (Euler-Maruyama,
-            ``n_steps`` default 500); flow: ``"ode"`` (adaptive Dopri5) or fixed ``n_steps``.
+        method: diffusion: ``"ode"`` (adaptive probability-flow ODE, default) or ``"sde"`` (Euler-Maruyama,
+            ``n_steps`` default 500); flow: ``"ode"`` (adaptive Dopri5, or fixed ``n_steps``).
         rtol, atol: tolerances of adaptive solves.
+        kwargs: passed to the sampler (``solver``, ``ts``, ...).
 
     Returns:
         ``(n, d)`` float32 samples (standardised space).
+
+    Raises:
+        ValueError: a method the family does not have.
     """
-    field = prior.field()
-    if guidance is not None and cond is not None:
-        field = guided_field(field, guidance, n_groups=guidance_groups(cond))
-    shape = (int(n), prior.dim)
-    if prior.kind == "diffusion":
-        sde = prior.make_sde()
-        if method == "ode":
-            x, _ = sample_probability_flow_ode(key, field, sde, shape, rtol=rtol, atol=atol, cond=cond,
-                                               n_steps=n_steps, **kwargs)
-        elif method == "sde":
-            x, _ = sample_reverse_sde(key, field, sde, shape, n_steps=n_steps or 500, cond=cond, **kwargs)
-        else:
-            raise ValueError(f"method must be 'ode' or 'sde' for a diffusion prior; got {method!r}")
-        return x
-    x, _ = sample_flow(key, field, shape, cond=cond, n_steps=n_steps, rtol=rtol, atol=atol, **kwargs)
-    return x
+    return prior.sample(key, n, cond=cond, guidance=guidance, method=method, n_steps=n_steps, rtol=rtol, atol=atol,
+                        **kwargs)
 
 
-def load_prior(config: dict, params_path) -> PriorModel:
-    """Rebuild a :class:`PriorModel` from :meth:`PriorModel.config` and its saved parameters."""
-    prior = PriorModel(config["kind"], int(config["dim"]), dict(config["net"]), dict(config["sde"]),
-                       config["parameterisation"], None)
-    like = jax.eval_shape(prior.module.init, jax.random.key(0), jnp.zeros((1, prior.dim)), jnp.ones((1,)),
-                          _dummy_cond(prior))
+def load_prior(config: dict, params_path) -> AbstractLatentPrior:
+    """Rebuild a prior from :meth:`AbstractLatentPrior.config` and its saved parameters (also reads the
+    configuration of models saved by genjax <= 0.1: ``kind``, ``sde={"type": ...}``, earlier FieldNet names).
+
+    Raises:
+        ValueError: an unknown family, or parameters that do not match the configuration (naming the file).
+    """
+    family = config.get("family", config.get("kind"))
+    check_choice("prior family", family, PriorFamily)
+    net = {_RENAMED_NET.get(k, k): v for k, v in dict(config["net"]).items()}
+    net["n_categories"] = tuple(int(k) for k in net.get("n_categories", ()))
+    if family == "diffusion":
+        sde = dict(config["sde"])
+        sde["name"] = sde.pop("type", sde.get("name"))
+        prior = DiffusionPrior(int(config["dim"]), net, sde=sde, parameterisation=config["parameterisation"])
+    else:
+        prior = FlowPrior(int(config["dim"]), net)
+    k = len(net["n_categories"])
+    cond = Condition(labels=jnp.zeros((1, k), jnp.int32)) if k else None
+    like = jax.eval_shape(prior.module.init, jax.random.key(0), jnp.zeros((1, prior.dim)), jnp.ones((1,)), cond)
     prior.params = jax.tree.map(jnp.asarray, load_pytree(params_path, like))
     return prior
 
-
-def _dummy_cond(prior: PriorModel):
-    k = len(prior.net.get("num_classes", ()))
-    return gnn.Condition(labels=jnp.zeros((1, k), jnp.int32)) if k else None

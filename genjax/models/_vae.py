@@ -29,16 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..training._checkpoint import atomic_directory, load_pytree, save_pytree
-from ..data._matrix import CountData, DataRegistry, default_max_epochs, get_matrix, row_sums, validate_counts
-from ..training._loop import fit as _fit
-from ..training._loop import split_indices
-from ..vae._module import (
+from ..data import CountData, DataRegistry, get_matrix, row_sums, split_indices, validate_counts
+from ..likelihoods import SMALL
+from ..training import atomic_directory, load_pytree, save_pytree
+from ..training import fit as _fit
+from ..vae import (
     VAE_DISPERSIONS,
     VAE_LIKELIHOODS,
     VAEModule,
-    _draw,
-    _dummy_batch,
+    draw_noise,
+    dummy_batch,
     make_vae_eval_loss,
     make_vae_loss,
     vae_decode,
@@ -49,7 +49,6 @@ from ..vae._module import (
     vae_prior,
     vae_sample_counts,
 )
-from ..likelihoods._fused import SMALL
 
 __all__ = ["VAE", "VAEFunctions"]
 
@@ -172,7 +171,6 @@ class VAE:
         # what generate() samples conditions, covariates and library sizes from (training cells)
         self._train_cat, self._train_cont, self._train_log_lib = data.cat, data.cont, data.log_lib
 
-    # -- construction helpers --------------------------------------------------------------------------------
 
     def _setup(self, options: dict, registry: DataRegistry, library_prior, data: CountData | None):
         self.options = options
@@ -243,7 +241,6 @@ class VAE:
             return self._data
         return self._prepare(adata, self.registry, self.options)
 
-    # -- properties ------------------------------------------------------------------------------------------
 
     @property
     def var_names(self) -> list[str]:
@@ -263,7 +260,6 @@ class VAE:
                 f"dispersion={o['dispersion']!r}, library={o['library']!r}, "
                 f"conditional_prior={o['conditional_prior']}, trained_epochs={len(self.history)})")
 
-    # -- training --------------------------------------------------------------------------------------------
 
     def fit(
         self,
@@ -330,7 +326,6 @@ class VAE:
         self.train_indices, self.validation_indices = train_idx, val_idx
         return self.history
 
-    # -- pure functions for callers working with arrays -------------------------------------------------------
 
     def functions(self, *, beta: float = 1.0, warmup_steps: int | None = None) -> VAEFunctions:
         """Pure, jittable functions of ``(params, arrays)`` for this model (see :class:`VAEFunctions`)."""
@@ -352,7 +347,6 @@ class VAE:
         """int32 codes (n, n_conditions) of the given condition values (-1 for conditions not given)."""
         return self.registry.encode_values(n, **values)
 
-    # -- inference helpers -----------------------------------------------------------------------------------
 
     def _jit(self, name, fn):
         """``jax.jit(fn)``, cached per (module, name): models with equal modules (e.g. a saved and a loaded one)
@@ -411,7 +405,7 @@ class VAE:
 
             def one(k):
                 key_z, key_x = jax.random.split(k)
-                eps = _draw(key_z, enc["z_mean"].shape[0], m.n_latent, 0)[0]
+                eps = draw_noise(key_z, enc["z_mean"].shape[0], m.n_latent, 0)[0]
                 z = enc["z_mean"] + b["z_noise"][:, None] * jnp.sqrt(enc["z_var"]) * eps
                 out = vae_decode(m, params, z, log_lib, dcat, cont)
                 if what == "scale":
@@ -548,7 +542,7 @@ class VAE:
             key_noise, key_x = jax.random.split(key)
             nb = b["cat"].shape[0]
             pm, pv = vae_prior(m, params, b["cat"], b["cont"], nb)
-            eps = _draw(key_noise, nb, m.n_latent + 1, 0)[0]
+            eps = draw_noise(key_noise, nb, m.n_latent + 1, 0)[0]
             z = pm + jnp.sqrt(pv) * eps[:, : m.n_latent]
             log_l = b["log_lib"]
             if lib_latent:
@@ -575,7 +569,6 @@ class VAE:
         obs["library_size"] = np.exp(np.concatenate(libs)).astype(np.float32)
         return ad.AnnData(X=np.concatenate(xs).astype(np.float32), obs=obs, var=_var_frame(self.var_names))
 
-    # -- likelihoods -----------------------------------------------------------------------------------------
 
     def elbo(self, adata=None, *, seed: int = 0, batch_size: int = 256) -> float:
         """Mean per-cell evidence lower bound (nats; one posterior draw per cell, no dropout, KL weight 1)."""
@@ -600,7 +593,6 @@ class VAE:
         vals = self._map(self._jit(f"iwae-{n_samples}", fn), data, batch_size, jax.random.key(seed))
         return float(np.mean(np.concatenate(vals)))
 
-    # -- persistence -----------------------------------------------------------------------------------------
 
     def save(self, path, *, overwrite: bool = True) -> None:
         """Write the model to the directory ``path`` atomically (params, settings, registry, history, and the
@@ -631,7 +623,7 @@ class VAE:
         registry = DataRegistry.from_dict(meta["registry"])
         library_prior = tuple(tuple(float(x) for x in v) for v in meta["library_prior"])
         self._setup(meta["options"], registry, library_prior, None)
-        like = jax.eval_shape(self.module.init, jax.random.key(0), _dummy_batch(self.module))["params"]
+        like = jax.eval_shape(self.module.init, jax.random.key(0), dummy_batch(self.module))["params"]
         self.params = jax.tree.map(jnp.asarray, load_pytree(path / "params.msgpack", like))
         stats = load_pytree(path / "train_cells.msgpack")
         self._train_log_lib = np.asarray(stats["log_lib"], np.float32)
@@ -643,11 +635,6 @@ class VAE:
         if adata is not None:
             self._data = self._prepare(adata, registry, self.options)
         return self
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _check_options(o: dict) -> None:
@@ -741,3 +728,8 @@ def _json_default(o):
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """scvi-tools' default number of epochs: ``min(round(20000 / n_cells * 400), 400)``."""
+    return int(min(round(20000 / max(n_cells, 1) * 400), 400))

@@ -1,4 +1,31 @@
-"""Flax building blocks: conditions, embeddings, MLP trunks and the field network."""
+"""Flax (linen) building blocks for score, noise and velocity networks.
 
-from ._blocks import *  # noqa: F403
-from ._blocks import __all__  # noqa: F401
+* conditions (``_condition.py``): :class:`Condition`, :func:`null_condition`, :func:`drop_condition`,
+  :func:`check_condition`, :func:`call_field`: one conditioning interface for score and velocity models;
+* time (``_time.py``): :class:`SinusoidalEmbedding`, :func:`sample_times`;
+* embeddings (``_embedding.py``): :class:`ConditionEmbedding`;
+* trunks (``_mlp.py``): :class:`MLP`, :class:`FiLM`, :class:`ResidualBlock`, :class:`ResMLP`,
+  :class:`CovariateMLP`;
+* :class:`FieldNet` (``_field_net.py``): ``(x, t, cond) -> (n, d)``, the network behind score and velocity models.
+"""
+
+from ._condition import NULL_LABEL as NULL_LABEL
+from ._condition import Condition as Condition
+from ._condition import call_field as call_field
+from ._condition import call_score as call_score
+from ._condition import check_condition as check_condition
+from ._condition import drop_condition as drop_condition
+from ._condition import null_condition as null_condition
+from ._condition import split_field_batch as split_field_batch
+from ._embedding import ConditionEmbedding as ConditionEmbedding
+from ._field_net import FieldNet as FieldNet
+from ._mlp import MLP as MLP
+from ._mlp import CovariateMLP as CovariateMLP
+from ._mlp import Covariates as Covariates
+from ._mlp import FiLM as FiLM
+from ._mlp import ResidualBlock as ResidualBlock
+from ._mlp import ResMLP as ResMLP
+from ._mlp import dropout_threshold as dropout_threshold
+from ._time import TIME_SAMPLING as TIME_SAMPLING
+from ._time import SinusoidalEmbedding as SinusoidalEmbedding
+from ._time import sample_times as sample_times

@@ -17,8 +17,6 @@ device order); each process feeds only the shards of its local devices (per-proc
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,65 +24,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["HostSource", "split_indices"]
+from ..data import HostSource, num_examples
+from ._distributed import DATA_AXIS, place
 
-DATA_AXIS = "data"
-"""Name of the mesh axis of data-parallel training (``lax.pmean`` / ``lax.axis_index`` inside losses)."""
+__all__ = ["Feeder"]
 
-
-class HostSource:
-    """Training data that lives on the host and is fetched in chunks of rows (e.g. a scipy CSR matrix).
-
-    Arguments:
-        n: number of examples.
-        fetch: ``fetch(rows) -> pytree`` of numpy arrays with leading axis ``len(rows)``; ``rows`` is an int64
-            numpy array of example indices (unsorted, in training order). For CSR counts this is typically
-            ``lambda rows: {"x": X[rows].toarray()}``, densifying only the rows of one dispatch.
-    """
-
-    def __init__(self, n: int, fetch: Callable[[np.ndarray], Any]):
-        if int(n) < 1:
-            raise ValueError(f"HostSource needs at least one example, got n={n}")
-        self.n = int(n)
-        self.fetch = fetch
-
-    def subset(self, rows: np.ndarray) -> HostSource:
-        """The source restricted to ``rows`` (in that order)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return HostSource(len(rows), lambda r: self.fetch(rows[r]))
-
-
-def num_examples(data) -> int:
-    """Number of examples of a :class:`HostSource` or of a pytree of arrays with a common leading axis."""
-    if isinstance(data, HostSource):
-        return data.n
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("training data is an empty pytree")
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
-        shapes = jax.tree.map(np.shape, data)
-        raise ValueError(f"all data arrays need the same leading (examples) axis; got shapes {shapes}")
-    return sizes.pop()
-
-
-def split_indices(n: int, train_size: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random train / validation split of ``range(n)``.
-
-    Arguments:
-        n: number of examples.
-        train_size: fraction in (0, 1] used for training (scvi-tools default 0.9). With ``1.0`` the validation
-            part is empty.
-        seed: integer seed.
-
-    Returns:
-        ``(train_idx, val_idx)``: sorted int64 arrays partitioning ``range(n)``.
-    """
-    if not 0.0 < train_size <= 1.0:
-        raise ValueError(f"train_size must be in (0, 1], got {train_size}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = n if train_size == 1.0 else max(1, min(n - 1, int(round(train_size * n))))
-    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
 class Feeder:
@@ -116,7 +60,6 @@ class Feeder:
             self._payload = (jax.tree.map(jnp.asarray, data) if mesh is None
                              else place(data, NamedSharding(mesh, P())))
 
-    # --- order -----------------------------------------------------------------------------------------
     def order(self, epoch: int) -> np.ndarray:
         """Example indices of the steps of ``epoch``: int array ``(steps_per_epoch, batch_size)``."""
         perm = jax.random.permutation(jax.random.fold_in(self.data_key, epoch), self.n)
@@ -127,7 +70,6 @@ class Feeder:
         """Step ranges ``[a, b)`` of the dispatches between two positions within an epoch."""
         return [(a, min(a + self.k, stop_step)) for a in range(start_step, stop_step, self.k)]
 
-    # --- device inputs ---------------------------------------------------------------------------------
     def _inputs(self, rows: np.ndarray):
         rows = rows.astype(np.int32)
         if self.mesh is None:
@@ -209,32 +151,3 @@ class Feeder:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-
-def place(tree, sharding):
-    """Put a host pytree on ``sharding`` (works across processes; typed PRNG keys kept typed).
-
-    Every process passes the full value of replicated leaves; used for replicated state and data.
-    """
-
-    def put(x):
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            impl = jax.random.key_impl(x)
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
-
-    return jax.tree.map(put, tree)
-
-
-def first_replica(tree):
-    """Single-device copy of a replicated pytree (the local replica; works across processes)."""
-
-    def get(x):
-        if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
-            return x
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            impl = jax.random.key_impl(x)
-            return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=impl)
-        return jnp.asarray(np.asarray(x.addressable_data(0)))
-
-    return jax.tree.map(get, tree)

@@ -7,7 +7,7 @@
 * :func:`toy_bulk`: bulk-like NB counts with known tissue, disease and batch effects.
 """
 
-from ._bundled import pbmc3k
-from ._synthetic import synthetic_counts, toy_bulk
-
-__all__ = ["pbmc3k", "synthetic_counts", "toy_bulk"]
+from ._bundled import data_path as data_path
+from ._bundled import pbmc3k as pbmc3k
+from ._synthetic import synthetic_counts as synthetic_counts
+from ._synthetic import toy_bulk as toy_bulk
