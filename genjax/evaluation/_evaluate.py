@@ -28,6 +28,7 @@ The array-level statistics (:func:`energy_distance`, :func:`mmd_rbf`, :func:`sin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from ..data import row_sums, stratified_split
 from ._buffer import capacity, make_buffer
 from ._energy_mmd import MMD_FACTORS, energy_and_mmd, median_distance, rbf_bandwidths
 from ._knn import knn_buffers
-from ._label_classifier import fit_label_classifier, predict_labels
+from ._label_classifier import LabelClassifier, fit_label_classifier, predict_labels
 from ._preprocess import (
     PCA,
     CountSet,
@@ -196,7 +197,68 @@ class Evaluation:
         return "\n".join(lines)
 
 
+_GENE_STATS = ("log_mean", "log_var", "zero_frac")
+_TABLE_COLUMNS = ["condition", "metric", "generated", "control", "n_real", "n_generated", "n_control", "note"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvaluateConfig:
+    """The numeric knobs of :func:`evaluate` (see its Arguments); checked on construction.
+
+    Raises:
+        ValueError: ``k``, ``knn_repeats``, ``min_cells``, ``n_components`` or ``w2_max_cells`` out of range,
+            ``min_cells`` too small for ``k``, ``target_sum`` not positive or an unknown ``statistic``.
+    """
+
+    n_components: int
+    target_sum: float
+    k: int
+    knn_repeats: int
+    mmd_factors: Sequence[float]
+    w2_max_cells: int
+    relative_epsilon: float
+    statistic: Statistic
+    control_fraction: float
+    min_cells: int
+    label_l2: float
+    seed: int
+
+    def __post_init__(self):
+        """Checks the knobs in the order (and with the messages) :func:`evaluate` always used."""
+        k, min_cells = self.k, self.min_cells
+        if k < 1 or self.knn_repeats < 1 or min_cells < 2 or self.n_components < 1 or self.w2_max_cells < 2:
+            raise ValueError(f"need k >= 1, knn_repeats >= 1, min_cells >= 2, n_components >= 1, w2_max_cells >= 2; "
+                             f"got {k}, {self.knn_repeats}, {min_cells}, {self.n_components}, {self.w2_max_cells}")
+        if min_cells < (k + 2) // 2:
+            raise ValueError(f"min_cells={min_cells} is too small for k={k}; need >= {(k + 2) // 2}")
+        check_range("target_sum", self.target_sum, low=0.0, low_open=True)
+        check_choice("statistic", self.statistic, Statistic)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """Everything the per-group comparisons share.
+
+    Fields:
+        sets: ``"real"`` (the reference cells), ``"generated"`` and, with a control, ``"control"`` count sets.
+        pcs: set name -> ``(cells, components)`` PC scores in the reference cells' PCA space.
+        summaries: set name -> :class:`SetSummary` (with ``predicted`` labels when there is a classifier).
+        classifier: the label classifier fitted on the reference cells, or None.
+    """
+
+    sets: dict[str, CountSet]
+    pcs: dict[str, np.ndarray]
+    summaries: dict[str, SetSummary]
+    classifier: LabelClassifier | None
+
+    @property
+    def samples(self) -> list[str]:
+        """The sets compared with the reference cells: ``"generated"`` and, with a control, ``"control"``."""
+        return [n for n in ("generated", "control") if n in self.sets]
+
+
 def _summary(cs: CountSet, pcs: np.ndarray, target_sum: float, rng) -> SetSummary:
+    """The :class:`SetSummary` of ``cs`` given its ``(cells, components)`` PC scores; draws the histogram cells."""
     rows = np.sort(rng.choice(cs.n_cells, min(cs.n_cells, _SAMPLE_CELLS), replace=False))
     counts = cs.counts[rows]
     counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
@@ -224,6 +286,8 @@ class _Comparer:
         self.max_sinkhorn_error = 0.0
 
     def distribution(self, ref_rows, pcs, rows, rng: np.random.Generator) -> tuple[dict[str, float], str]:
+        """The PC-space metrics of reference rows ``ref_rows`` vs rows ``rows`` of ``pcs`` ``(cells, components)``,
+        and a note (``""``, or why they are NaN)."""
         n, m = len(ref_rows), len(rows)
         names = ("energy_distance", "mmd_rbf", "w2_sinkhorn", "knn_accuracy")
         if min(n, m) < self.min_cells:
@@ -245,6 +309,217 @@ class _Comparer:
         self.max_sinkhorn_error = max(self.max_sinkhorn_error, err)
         knn = knn_buffers(rng, x, y, self.k, self.knn_repeats, self.caps["knn"])
         return {"energy_distance": energy, "mmd_rbf": mmd, "w2_sinkhorn": w2, "knn_accuracy": knn}, ""
+
+
+def _load_real_generated(load, real, generated, real_labels, generated_labels) -> tuple[CountSet, CountSet, bool]:
+    """``(real, generated, conditional)``: both sets as :class:`CountSet` (generated genes aligned to real) and
+    whether they carry conditions; ``load`` is :func:`as_count_set` with the shared options bound.
+
+    Raises:
+        ValueError: conditions for one set only (besides the errors of :func:`as_count_set` / :func:`align_genes`).
+    """
+    real_set = load(real, name="real", labels=real_labels)
+    gen_set = align_genes(real_set, load(generated, name="generated", labels=generated_labels))
+    conditional = real_set.labels is not None or gen_set.labels is not None
+    if conditional and (real_set.labels is None or gen_set.labels is None):
+        missing = "real" if real_set.labels is None else "generated"
+        raise ValueError(f"conditions given for one set only: pass labels for the {missing} cells too "
+                         "(condition_key for AnnData, *_labels for arrays)")
+    return real_set, gen_set, conditional
+
+
+def _resolve_control(control, real_set: CountSet, load, control_labels, *, conditional: bool, key_name: str | None,
+                     control_fraction: float, rng: np.random.Generator) -> tuple[CountSet, CountSet | None, str]:
+    """``(reference, control or None, description)`` for the ``control`` option of :func:`evaluate`; the split
+    draws from ``rng``.
+
+    Raises:
+        ValueError: an unknown ``control`` string, ``control_fraction`` outside (0, 1), control cells without
+            conditions in a conditional evaluation, fewer than 3 reference cells.
+    """
+    if isinstance(control, str):
+        if control != "split":
+            raise ValueError(f"control must be 'split', None, AnnData or an array of counts; got {control!r}")
+        check_range("control_fraction", control_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        strata = real_set.labels if real_set.labels is not None else np.zeros(real_set.n_cells, dtype=str)
+        ref_rows, ctl_rows = stratified_split(strata, control_fraction, rng, keep_both=True)
+        ctl_set = real_set.subset(ctl_rows, "control")
+        ref_set = real_set.subset(ref_rows, "real")
+        control_desc = (f"real cells split {1 - control_fraction:.0%} / {control_fraction:.0%} stratified by "
+                        "condition: generated and control cells are both compared with the reference part")
+    elif control is None:
+        ref_set, ctl_set, control_desc = real_set, None, "none"
+    else:
+        ctl_set = align_genes(real_set, load(control, name="control", labels=control_labels))
+        if conditional and ctl_set.labels is None:
+            raise ValueError("control cells have no conditions; pass control_labels (arrays) or use AnnData with "
+                             f"obs[{key_name!r}]")
+        ref_set = real_set
+        control_desc = "a second set of real cells, compared with the real cells like the generated ones"
+    if ref_set.n_cells < 3:
+        raise ValueError(f"need at least 3 real (reference) cells; got {ref_set.n_cells}")
+    return ref_set, ctl_set, control_desc
+
+
+def _condition_groups(sets: dict[str, CountSet], conditions: Sequence[str] | None, *, conditional: bool,
+                      key_name: str | None, notes: list[str]) -> list[str]:
+    """The conditions with a per-condition breakdown (none when unconditional) of ``sets`` (``"real"``: the
+    reference cells, ``"generated"``, optional ``"control"``); notes real conditions without generated cells.
+
+    Raises:
+        ValueError: ``conditions`` without conditions, a generated / control condition absent from the reference
+            cells, or a requested condition absent from the reference or generated cells.
+    """
+    if not conditional:
+        if conditions is not None:
+            raise ValueError("conditions=... needs condition_key (or *_labels)")
+        return []
+    real_values = {str(v) for v in np.unique(sets["real"].labels)}
+    for cs in (s for n, s in sets.items() if n != "real"):
+        unknown = sorted(str(v) for v in set(np.unique(cs.labels)) - real_values)
+        if unknown:
+            raise ValueError(f"{cs.name} cells have {key_name} values absent from the real cells: {unknown[:5]}; "
+                             f"real values: {sorted(map(str, real_values))}")
+    gen_values = [str(v) for v in np.unique(sets["generated"].labels)]
+    if conditions is None:
+        missing = sorted(real_values - set(gen_values))
+        if missing:
+            notes.append(f"real {key_name} values without generated cells (no per-condition rows): "
+                         f"{[str(v) for v in missing]}")
+        return gen_values
+    groups = [str(c) for c in conditions]
+    for c in groups:
+        where = [n for n, s in (("real", real_values), ("generated", set(gen_values))) if c not in s]
+        if where:
+            raise ValueError(f"condition {c!r} ({key_name}) has no {' or '.join(where)} cells; real values: "
+                             f"{sorted(map(str, real_values))}")
+    return groups
+
+
+def _project_sets(sets: dict[str, CountSet], cfg: _EvaluateConfig,
+                  notes: list[str]) -> tuple[PCA, int, dict[str, np.ndarray]]:
+    """``(pca, n_components, pcs)``: a PCA of the log1p-normalised ``"real"`` set and every set's
+    ``(cells, n_components)`` scores; notes a reduced component count and cells with zero total counts."""
+    ref_set = sets["real"]
+    ref_log = normalize_log1p(ref_set.counts, cfg.target_sum)
+    n_comp = min(cfg.n_components, ref_set.n_cells - 1, ref_set.n_genes)
+    if n_comp < cfg.n_components:
+        notes.append(f"n_components reduced from {cfg.n_components} to {n_comp} (too few real cells or genes)")
+    pca = pca_fit(ref_log, n_comp, key=cfg.seed)
+    pcs = {"real": project(pca, ref_log)}
+    del ref_log
+    pcs |= {n: project_counts(pca, s.counts, cfg.target_sum) for n, s in sets.items() if n != "real"}
+    for n, s in sets.items():
+        empty = int(np.sum(row_sums(s.counts) == 0))
+        if empty:
+            notes.append(f"{empty} {n} cells have zero total counts (normalised to all zeros)")
+    return pca, n_comp, pcs
+
+
+def _fit_classifier(pcs: dict[str, np.ndarray], labels: np.ndarray, summaries: dict[str, SetSummary],
+                      label_l2: float, notes: list[str]) -> LabelClassifier | None:
+    """The classifier fitted on the reference cells' ``(cells, components)`` PCs and ``(cells,)`` labels, with
+    every summary's ``predicted`` filled in; None (and a note) when the reference has a single condition."""
+    if len(np.unique(labels)) < 2:
+        notes.append("label accuracy not computed: the real cells have a single condition")
+        return None
+    classifier = fit_label_classifier(pcs["real"], labels, l2=label_l2)
+    for n in summaries:
+        if n != "real":
+            summaries[n].predicted = predict_labels(classifier, pcs[n])[0]
+    summaries["real"].predicted = predict_labels(classifier, pcs["real"])[0]
+    return classifier
+
+
+def _make_comparer(prep: _Prepared, cfg: _EvaluateConfig) -> _Comparer:
+    """A :class:`_Comparer` whose buffer capacities fit the largest group of any set."""
+    sets, n_ref = prep.sets, prep.sets["real"].n_cells
+    n_max = max(s.n_cells for s in sets.values())
+    caps = {"pairs": capacity(n_max), "w2": capacity(min(n_max, cfg.w2_max_cells)),
+            "knn": capacity(2 * max(min(n_ref, sets[n].n_cells) for n in prep.samples))}
+    return _Comparer(prep.pcs["real"], caps, k=cfg.k, knn_repeats=cfg.knn_repeats, mmd_factors=cfg.mmd_factors,
+                     w2_max_cells=cfg.w2_max_cells, relative_epsilon=cfg.relative_epsilon,
+                     unbiased=cfg.statistic == "u", min_cells=cfg.min_cells)
+
+
+def _group_rows(cs: CountSet, group: str) -> np.ndarray:
+    """``(n,)`` indices of the cells of ``cs`` in ``group`` (all cells for :data:`ALL`)."""
+    return np.arange(cs.n_cells) if group == ALL else np.flatnonzero(cs.labels == group)
+
+
+def _group_gene_stats(prep: _Prepared, name: str, group: str, rows: np.ndarray,
+                      target_sum: float) -> dict[str, np.ndarray]:
+    """The ``(genes,)`` gene statistics of rows ``rows`` (those of ``group``) of set ``name``."""
+    if group == ALL:
+        return prep.summaries[name].gene_stats
+    return gene_statistics(prep.sets[name].counts[rows], target_sum)
+
+
+def _sample_values(prep: _Prepared, comparer: _Comparer, name: str, group: str, ref_rows: np.ndarray,
+                   ref_stats: dict[str, np.ndarray], rows: np.ndarray, rng: np.random.Generator,
+                   target_sum: float) -> tuple[dict[str, float], str]:
+    """Every metric of sample ``name``'s ``(n,)`` ``rows`` vs the reference's ``(n_ref,)`` ``ref_rows`` in one
+    group, and the comparer's note."""
+    vals, note = comparer.distribution(ref_rows, prep.pcs[name], rows, rng)
+    if len(rows):
+        stats = _group_gene_stats(prep, name, group, rows, target_sum)
+        for stat in _GENE_STATS:
+            vals[f"pearson_{stat}"] = pearson(ref_stats[stat], stats[stat])
+    else:
+        vals.update({f"pearson_{stat}": math.nan for stat in _GENE_STATS})
+    if prep.classifier is not None:
+        pred, truth = prep.summaries[name].predicted[rows], prep.sets[name].labels[rows]
+        vals["label_accuracy"] = float(np.mean(pred == truth)) if len(rows) else math.nan
+    return vals, note
+
+
+def _compare_group(prep: _Prepared, comparer: _Comparer, gi: int, group: str, cfg: _EvaluateConfig) -> list[dict]:
+    """The table rows (one per metric) of group number ``gi`` (:data:`ALL` or a condition value); sample ``si``
+    draws from ``default_rng([seed, gi, si])``."""
+    ref_rows = _group_rows(prep.sets["real"], group)
+    ref_stats = _group_gene_stats(prep, "real", group, ref_rows, cfg.target_sum)
+    values: dict[str, dict[str, float]] = {}
+    counts = {"real": len(ref_rows)}
+    group_notes = []
+    for si, n in enumerate(prep.samples):
+        rows = _group_rows(prep.sets[n], group)
+        counts[n] = len(rows)
+        rng = np.random.default_rng([cfg.seed, gi, si])
+        values[n], note = _sample_values(prep, comparer, n, group, ref_rows, ref_stats, rows, rng, cfg.target_sum)
+        if note:
+            group_notes.append(f"{n}: {note}")
+    return [dict(condition=group, metric=metric,
+                 generated=values["generated"][metric],
+                 control=values["control"][metric] if "control" in values else math.nan,
+                 n_real=counts["real"], n_generated=counts["generated"], n_control=counts.get("control", 0),
+                 note="; ".join(group_notes))
+            for metric in METRICS if metric in values["generated"]]
+
+
+def _settings(cfg: _EvaluateConfig, prep: _Prepared, *, key_name: str | None, control_desc: str,
+              n_comp: int) -> dict:
+    """The JSON-serialisable conventions and parameters of an evaluation (:attr:`Evaluation.settings`)."""
+    statistic, sets = cfg.statistic.upper(), prep.sets
+    return dict(
+        condition_key=key_name,
+        control=control_desc,
+        n_real=sets["real"].n_cells, n_generated=sets["generated"].n_cells,
+        n_control=sets["control"].n_cells if "control" in sets else 0,
+        n_genes=sets["real"].n_genes,
+        preprocessing=f"log1p of counts normalised to {cfg.target_sum:g} per cell",
+        pca=f"{n_comp} components, centred, unscaled, fitted on the real (reference) cells only",
+        n_components=n_comp,
+        energy_distance=f"squared, {statistic}-statistic",
+        mmd=f"RBF, bandwidths {list(cfg.mmd_factors)} x median distance of the real cells, {statistic}-statistic",
+        w2=f"debiased Sinkhorn divergence, eps = {cfg.relative_epsilon} x mean squared distance of the real cells, "
+           f"at most {cfg.w2_max_cells} cells per set",
+        knn=f"k={cfg.k}, balanced subsample, leave-one-out majority vote, mean of {cfg.knn_repeats} subsamples",
+        label_classifier=f"multinomial logistic regression on standardised PCs, l2={cfg.label_l2}"
+        if prep.classifier is not None else None,
+        gene_stats="Pearson r over genes; mean and variance of counts normalised per cell, log1p",
+        min_cells=cfg.min_cells,
+        seed=cfg.seed,
+    )
 
 
 def evaluate(
@@ -313,181 +588,35 @@ def evaluate(
             ``condition_key`` column, a generated / control condition value absent from the real cells, a
             requested ``conditions`` value absent from real or generated cells, too few real cells, bad options.
     """
-    if k < 1 or knn_repeats < 1 or min_cells < 2 or n_components < 1 or w2_max_cells < 2:
-        raise ValueError(f"need k >= 1, knn_repeats >= 1, min_cells >= 2, n_components >= 1, w2_max_cells >= 2; "
-                         f"got {k}, {knn_repeats}, {min_cells}, {n_components}, {w2_max_cells}")
-    if min_cells < (k + 2) // 2:
-        raise ValueError(f"min_cells={min_cells} is too small for k={k}; need >= {(k + 2) // 2}")
-    check_range("target_sum", target_sum, low=0.0, low_open=True)
-    check_choice("statistic", statistic, Statistic)
+    cfg = _EvaluateConfig(n_components=n_components, target_sum=target_sum, k=k, knn_repeats=knn_repeats,
+                          mmd_factors=mmd_factors, w2_max_cells=w2_max_cells, relative_epsilon=relative_epsilon,
+                          statistic=statistic, control_fraction=control_fraction, min_cells=min_cells,
+                          label_l2=label_l2, seed=seed)
     key_name = condition_key if isinstance(condition_key, str) or condition_key is None else "|".join(condition_key)
-    opts = dict(condition_key=condition_key, layer=layer, check_counts=check_counts)
-    real_set = as_count_set(real, name="real", labels=real_labels, **opts)
-    gen_set = align_genes(real_set, as_count_set(generated, name="generated", labels=generated_labels, **opts))
-    conditional = real_set.labels is not None or gen_set.labels is not None
-    if conditional and (real_set.labels is None or gen_set.labels is None):
-        missing = "real" if real_set.labels is None else "generated"
-        raise ValueError(f"conditions given for one set only: pass labels for the {missing} cells too "
-                         "(condition_key for AnnData, *_labels for arrays)")
+    load = functools.partial(as_count_set, condition_key=condition_key, layer=layer, check_counts=check_counts)
+    real_set, gen_set, conditional = _load_real_generated(load, real, generated, real_labels, generated_labels)
     if conditional and key_name is None:
         key_name = "condition"
-
     rng = np.random.default_rng(seed)
     notes: list[str] = []
-
-    if isinstance(control, str):
-        if control != "split":
-            raise ValueError(f"control must be 'split', None, AnnData or an array of counts; got {control!r}")
-        check_range("control_fraction", control_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-        strata = real_set.labels if real_set.labels is not None else np.zeros(real_set.n_cells, dtype=str)
-        ref_rows, ctl_rows = stratified_split(strata, control_fraction, rng, keep_both=True)
-        ctl_set = real_set.subset(ctl_rows, "control")
-        ref_set = real_set.subset(ref_rows, "real")
-        control_desc = (f"real cells split {1 - control_fraction:.0%} / {control_fraction:.0%} stratified by "
-                        "condition: generated and control cells are both compared with the reference part")
-    elif control is None:
-        ref_set, ctl_set, control_desc = real_set, None, "none"
-    else:
-        ctl_set = align_genes(real_set, as_count_set(control, name="control", labels=control_labels, **opts))
-        if conditional and ctl_set.labels is None:
-            raise ValueError("control cells have no conditions; pass control_labels (arrays) or use AnnData with "
-                             f"obs[{key_name!r}]")
-        ref_set = real_set
-        control_desc = "a second set of real cells, compared with the real cells like the generated ones"
-    if ref_set.n_cells < 3:
-        raise ValueError(f"need at least 3 real (reference) cells; got {ref_set.n_cells}")
-
-    # condition bookkeeping
-    groups: list[str] = []
-    if conditional:
-        real_values = {str(v) for v in np.unique(ref_set.labels)}
-        for cs in (gen_set, ctl_set):
-            if cs is None:
-                continue
-            unknown = sorted(str(v) for v in set(np.unique(cs.labels)) - real_values)
-            if unknown:
-                raise ValueError(f"{cs.name} cells have {key_name} values absent from the real cells: {unknown[:5]}; "
-                                 f"real values: {sorted(map(str, real_values))}")
-        gen_values = [str(v) for v in np.unique(gen_set.labels)]
-        if conditions is None:
-            groups = gen_values
-            missing = sorted(real_values - set(gen_values))
-            if missing:
-                notes.append(f"real {key_name} values without generated cells (no per-condition rows): "
-                             f"{[str(v) for v in missing]}")
-        else:
-            groups = [str(c) for c in conditions]
-            for c in groups:
-                where = [n for n, s in (("real", real_values), ("generated", set(gen_values))) if c not in s]
-                if where:
-                    raise ValueError(f"condition {c!r} ({key_name}) has no {' or '.join(where)} cells; real values: "
-                                     f"{sorted(map(str, real_values))}")
-    elif conditions is not None:
-        raise ValueError("conditions=... needs condition_key (or *_labels)")
-
-    # preprocessing: log1p normalise, PCA on the reference real cells only
-    ref_log = normalize_log1p(ref_set.counts, target_sum)
-    n_comp = min(n_components, ref_set.n_cells - 1, ref_set.n_genes)
-    if n_comp < n_components:
-        notes.append(f"n_components reduced from {n_components} to {n_comp} (too few real cells or genes)")
-    pca = pca_fit(ref_log, n_comp, key=seed)
-    sets = {"real": ref_set, "generated": gen_set}
-    if ctl_set is not None:
-        sets["control"] = ctl_set
-    pcs = {"real": project(pca, ref_log)}
-    del ref_log
-    pcs |= {n: project_counts(pca, s.counts, target_sum) for n, s in sets.items() if n != "real"}
-    for n, s in sets.items():
-        empty = int(np.sum(row_sums(s.counts) == 0))
-        if empty:
-            notes.append(f"{empty} {n} cells have zero total counts (normalised to all zeros)")
+    ref_set, ctl_set, control_desc = _resolve_control(control, real_set, load, control_labels, conditional=conditional,
+                                                      key_name=key_name, control_fraction=control_fraction, rng=rng)
+    sets = {"real": ref_set, "generated": gen_set} | ({} if ctl_set is None else {"control": ctl_set})
+    groups = _condition_groups(sets, conditions, conditional=conditional, key_name=key_name, notes=notes)
+    pca, n_comp, pcs = _project_sets(sets, cfg, notes)
     summaries = {n: _summary(s, pcs[n], target_sum, rng) for n, s in sets.items()}
-
-    # label classifier on the reference real cells
-    classifier = None
-    if conditional:
-        if len(np.unique(ref_set.labels)) >= 2:
-            classifier = fit_label_classifier(pcs["real"], ref_set.labels, l2=label_l2)
-            for n in sets:
-                if n != "real":
-                    summaries[n].predicted = predict_labels(classifier, pcs[n])[0]
-            summaries["real"].predicted = predict_labels(classifier, pcs["real"])[0]
-        else:
-            notes.append("label accuracy not computed: the real cells have a single condition")
-
-    samples = [n for n in ("generated", "control") if n in sets]
-    n_ref = ref_set.n_cells
-    n_max = max(sets[n].n_cells for n in sets)
-    caps = {"pairs": capacity(n_max), "w2": capacity(min(n_max, w2_max_cells)),
-            "knn": capacity(2 * max(min(n_ref, sets[n].n_cells) for n in samples))}
-    comparer = _Comparer(pcs["real"], caps, k=k, knn_repeats=knn_repeats, mmd_factors=mmd_factors,
-                         w2_max_cells=w2_max_cells, relative_epsilon=relative_epsilon, unbiased=statistic == "u",
-                         min_cells=min_cells)
-
-    rows = []
-    for gi, group in enumerate([ALL, *groups]):
-        ref_rows = np.arange(n_ref) if group == ALL else np.flatnonzero(ref_set.labels == group)
-        values: dict[str, dict[str, float]] = {}
-        counts = {"real": len(ref_rows)}
-        group_notes = []
-        ref_stats = summaries["real"].gene_stats if group == ALL else gene_statistics(
-            ref_set.counts[ref_rows], target_sum)
-        for si, n in enumerate(samples):
-            s = sets[n]
-            srows = np.arange(s.n_cells) if group == ALL else np.flatnonzero(s.labels == group)
-            counts[n] = len(srows)
-            grng = np.random.default_rng([seed, gi, si])
-            vals, note = comparer.distribution(ref_rows, pcs[n], srows, grng)
-            if note:
-                group_notes.append(f"{n}: {note}")
-            if len(srows):
-                stats = summaries[n].gene_stats if group == ALL else gene_statistics(s.counts[srows], target_sum)
-                for stat in ("log_mean", "log_var", "zero_frac"):
-                    vals[f"pearson_{stat}"] = pearson(ref_stats[stat], stats[stat])
-            else:
-                vals.update({f"pearson_{stat}": math.nan for stat in ("log_mean", "log_var", "zero_frac")})
-            if classifier is not None:
-                pred, truth = summaries[n].predicted[srows], s.labels[srows]
-                vals["label_accuracy"] = float(np.mean(pred == truth)) if len(srows) else math.nan
-            values[n] = vals
-        for metric in METRICS:
-            if metric not in values["generated"]:
-                continue
-            rows.append(dict(
-                condition=group, metric=metric,
-                generated=values["generated"][metric],
-                control=values["control"][metric] if "control" in values else math.nan,
-                n_real=counts["real"], n_generated=counts["generated"], n_control=counts.get("control", 0),
-                note="; ".join(group_notes),
-            ))
+    classifier = _fit_classifier(pcs, ref_set.labels, summaries, label_l2, notes) if conditional else None
+    prep = _Prepared(sets=sets, pcs=pcs, summaries=summaries, classifier=classifier)
+    comparer = _make_comparer(prep, cfg)
+    rows = [row for gi, group in enumerate([ALL, *groups]) for row in _compare_group(prep, comparer, gi, group, cfg)]
     if comparer.max_sinkhorn_error > 1e-2:
         notes.append(f"Sinkhorn did not fully converge (marginal error up to {comparer.max_sinkhorn_error:.2g})")
 
     import pandas as pd
 
-    table = pd.DataFrame(rows, columns=["condition", "metric", "generated", "control", "n_real", "n_generated",
-                                        "n_control", "note"])
-    settings = dict(
-        condition_key=key_name,
-        control=control_desc,
-        n_real=n_ref, n_generated=gen_set.n_cells, n_control=0 if ctl_set is None else ctl_set.n_cells,
-        n_genes=ref_set.n_genes,
-        preprocessing=f"log1p of counts normalised to {target_sum:g} per cell",
-        pca=f"{n_comp} components, centred, unscaled, fitted on the real (reference) cells only",
-        n_components=n_comp,
-        energy_distance=f"squared, {statistic.upper()}-statistic",
-        mmd=f"RBF, bandwidths {list(mmd_factors)} x median distance of the real cells, {statistic.upper()}-statistic",
-        w2=f"debiased Sinkhorn divergence, eps = {relative_epsilon} x mean squared distance of the real cells, "
-           f"at most {w2_max_cells} cells per set",
-        knn=f"k={k}, balanced subsample, leave-one-out majority vote, mean of {knn_repeats} subsamples",
-        label_classifier=f"multinomial logistic regression on standardised PCs, l2={label_l2}" if classifier
-        else None,
-        gene_stats="Pearson r over genes; mean and variance of counts normalised per cell, log1p",
-        min_cells=min_cells,
-        seed=seed,
-    )
+    settings = _settings(cfg, prep, key_name=key_name, control_desc=control_desc, n_comp=n_comp)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    return Evaluation(table=table, settings=settings, real=summaries["real"], generated=summaries["generated"],
-                      control=summaries.get("control"), pca=pca, condition_key=key_name if conditional else None,
-                      notes=notes)
+    return Evaluation(table=pd.DataFrame(rows, columns=_TABLE_COLUMNS), settings=settings, real=summaries["real"],
+                      generated=summaries["generated"], control=summaries.get("control"), pca=pca,
+                      condition_key=key_name if conditional else None, notes=notes)
