@@ -1,7 +1,15 @@
 """The training loop shared by every genjax model (VAE, score model, flow model).
 
-:func:`fit` runs the jitted steps of :mod:`genjax.training._step` over epochs, a deterministic data order (a permutation per epoch from the seed), validation, early
-  stopping, EMA, a tqdm progress bar, history, orbax checkpoints (periodic and best) and exact resume.
+:func:`fit` runs the jitted steps of :mod:`genjax.training._step` over epochs, with a deterministic data order
+(a permutation per epoch from the seed), validation, early stopping, EMA, a tqdm progress bar, history, orbax
+checkpoints (periodic and best) and exact resume.
+
+The steps of a run: :func:`_prepare` (checks, feeders, jitted functions, step budget), :func:`_start` (a fresh
+state, or :meth:`_Checkpoints.restore`), then :func:`_train`: per epoch :func:`_run_epoch` (the dispatches and
+mid-epoch checkpoints) and :func:`_end_epoch` (history record, :func:`_validate`, early stopping, best
+parameters, epoch-end checkpoint). Between dispatches the loop's state is one immutable :class:`_Run`; the
+trackers it holds (early stopping, the partial epoch's running sums, the checkpoint cadence, the progress bar)
+are in :mod:`genjax.training._trackers`.
 
 Reproducibility: the per-step key is ``fold_in(state.key, state.step)`` and the data order of epoch ``e`` is a
 permutation drawn from ``fold_in(data_key, e)``, so a run is a deterministic function of ``seed``; a resumed run
@@ -14,16 +22,16 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
-from .._typing import EvalFn, LossFn, Params
+from .._typing import EvalFn, LossFn, Params, PRNGKeyArray
 from ..data import num_examples
 from ._checkpoint import CheckpointManager
 from ._config import FitResult, TrainConfig
@@ -31,12 +39,9 @@ from ._distributed import DATA_AXIS, first_replica, place, resolve_mesh
 from ._feed import Feeder
 from ._state import TrainState, init_train_state
 from ._step import make_chunk_runner, make_evaluator, make_train_step
+from ._trackers import CheckpointCadence, EarlyStopping, PartialEpoch, ProgressBar, means
 
 __all__ = ["fit"]
-
-
-def _means(sums: dict, count: float, prefix: str = "") -> dict:
-    return {prefix + k: float(v) / count for k, v in sums.items()}
 
 
 def fit(
@@ -90,14 +95,74 @@ def fit(
             batch that does not divide by the device count, or a checkpoint written with incompatible settings.
     """
     config = dataclasses.replace(config or TrainConfig(), **config_overrides)
-    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    setup, state = _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, devices)
+    checkpoints = _Checkpoints.open(checkpoint_dir, config, setup)
+    try:
+        run = _train(setup, _start(setup, state, checkpoints, resume), checkpoints, description)
+    finally:
+        setup.train.close()
+        checkpoints.close()
+    return FitResult(_host(run.placed, setup.mesh), run.history, run.best_params)
 
+
+class _Setup(NamedTuple):
+    """What stays fixed during a run: settings, data feeders, jitted functions, step budget."""
+
+    config: TrainConfig
+    train: Feeder
+    val: Feeder | None
+    mesh: Mesh | None
+    run_chunk: Callable  # (placed state, payload, idx) -> (placed state, per-step metrics)
+    evaluate: Callable | None  # (params, payload, idx, key, start) -> metric sums of a validation part
+    eval_key: PRNGKeyArray
+    total_steps: int
+    n_epochs: int
+    settings: dict  # what a resumed run must share with the checkpoint it resumes (checkpoint meta "settings")
+
+
+class _Run(NamedTuple):
+    """The loop's state between dispatches: the device state and everything a checkpoint's meta records."""
+
+    placed: TrainState  # on the device(s): replicated over the mesh in data-parallel runs
+    step: int  # host mirror of placed.step: no device sync per dispatch
+    part: PartialEpoch  # the epoch in progress: position and running metric sums
+    history: list[dict]
+    stopping: EarlyStopping
+    best_params: Params
+    elapsed: float  # seconds trained before this call (by the runs it resumes)
+    stop: bool = False  # early stopping said stop
+
+
+class _Clock(NamedTuple):
+    """Training seconds: those of the resumed runs plus those since ``start`` (a ``perf_counter`` time)."""
+
+    before: float
+    start: float
+
+    def __call__(self) -> float:
+        """Seconds trained so far."""
+        return self.before + time.perf_counter() - self.start
+
+
+def _eval_params(state: TrainState) -> Params:
+    """The parameters that are validated and returned as best: the EMA ones when EMA is on."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
+def _host(placed: TrainState, mesh: Mesh | None) -> TrainState:
+    """A single-device copy of the (replicated) device state."""
+    return placed if mesh is None else first_replica(placed)
+
+
+def _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, devices):
+    """Check the inputs and build the run's fixed parts (a :class:`_Setup`) and its initial :class:`TrainState`."""
+    optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
     n_train = num_examples(data)
     batch_size = config.batch_size
-    if batch_size > n_train:
-        warnings.warn(f"batch_size {batch_size} > {n_train} training examples; using {n_train}", stacklevel=2)
+    if batch_size > n_train:  # stacklevel: the caller of fit
+        warnings.warn(f"batch_size {batch_size} > {n_train} training examples; using {n_train}", stacklevel=3)
         batch_size = n_train
     if val_data is not None:
         num_examples(val_data)
@@ -107,127 +172,167 @@ def fit(
         raise ValueError(f"the global batch_size {batch_size} does not divide by the {n_dev} devices of the "
                          f"data-parallel run; use a multiple of {n_dev}")
 
-    root = jax.random.key(seed)
-    state_key, data_key, eval_key = jax.random.split(root, 3)
+    state_key, data_key, eval_key = jax.random.split(jax.random.key(seed), 3)
     train = Feeder(data, batch_size, config.steps_per_dispatch, data_key, mesh=mesh)
     val = (Feeder(val_data, min(batch_size, num_examples(val_data)), 1, data_key)
            if val_data is not None else None)
-    spe = train.steps_per_epoch
-    total_steps = config.max_steps if config.max_steps is not None else config.max_epochs * spe
-    n_epochs = math.ceil(total_steps / spe)
+    total_steps = config.max_steps if config.max_steps is not None else config.max_epochs * train.steps_per_epoch
 
     state = init_train_state(params, optimizer, state_key, ema=config.ema_decay is not None)
     step_fn = make_train_step(loss_fn, optimizer, ema_decay=config.ema_decay,
                               axis_name=None if mesh is None else DATA_AXIS)
-    run_chunk = make_chunk_runner(step_fn, mesh=mesh, payload_sharded=train.host)
     if eval_fn is None:
         eval_fn = lambda p, b, k: loss_fn(p, b, k, jnp.asarray(2**30, jnp.int32))  # noqa: E731
-    evaluate = make_evaluator(eval_fn) if val is not None else None
-
-    history: list[dict] = []
-    epoch, pos = 0, 0  # next epoch to run, and its next step within the epoch
-    best, best_epoch, bad_epochs = math.inf, -1, 0
-    best_params = state.params if state.ema_params is None else state.ema_params
-    sums: dict = {}
-    elapsed0 = 0.0
-    manager = None
     settings = {"batch_size": batch_size, "steps_per_dispatch": config.steps_per_dispatch, "seed": seed,
                 "n_train": n_train}
-    if checkpoint_dir is not None:
-        manager = CheckpointManager(checkpoint_dir, keep=config.keep)
-        if resume:
-            restored = manager.restore_latest(state.to_tree())
-            if restored is not None:
-                tree, meta, _ = restored
-                for k_, v_ in settings.items():
-                    if meta["settings"].get(k_) != v_:
-                        raise ValueError(
-                            f"cannot resume from {checkpoint_dir}: it was written with {k_}="
-                            f"{meta['settings'].get(k_)!r}, this run has {k_}={v_!r}")
-                state = TrainState.from_tree(tree)
-                epoch, pos = meta["epoch"], meta["pos"]
-                history = meta["history"]
-                best, best_epoch, bad_epochs = meta["best"], meta["best_epoch"], meta["bad_epochs"]
-                sums = {k_: jnp.asarray(v_) for k_, v_ in meta["sums"].items()}
-                elapsed0 = meta["elapsed"]
-                best_restored = manager.restore_best(state.to_tree())
-                if best_restored is not None:
-                    bt = TrainState.from_tree(best_restored[0])
-                    best_params = bt.params if bt.ema_params is None else bt.ema_params
+    return _Setup(config, train, val, mesh, make_chunk_runner(step_fn, mesh=mesh, payload_sharded=train.host),
+                  make_evaluator(eval_fn) if val is not None else None, eval_key, total_steps,
+                  math.ceil(total_steps / train.steps_per_epoch), settings), state
 
-    step_now = int(state.step)  # host mirror of state.step: no device sync per dispatch
-    placed = state if mesh is None else place(state, NamedSharding(mesh, P()))
-    host_state = (lambda: placed) if mesh is None else (lambda: first_replica(placed))
-    to_host_metrics = (lambda m: m) if mesh is None else first_replica
 
-    def checkpoint(is_best=False):
-        meta = {"epoch": epoch, "pos": pos, "history": history, "best": best, "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, "settings": settings, "elapsed": elapsed0 + time.perf_counter() - t0,
-                "sums": {k_: np.asarray(v_).tolist() for k_, v_ in sums.items()}}
-        manager.save(step_now, host_state().to_tree(), meta, best=is_best)
+@dataclasses.dataclass(frozen=True)
+class _Checkpoints:
+    """The run's checkpoints: the manager (``None`` without a ``checkpoint_dir``), when to save, what to record.
 
-    t0 = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step_now, desc=description, disable=not config.progress,
-               unit="step", dynamic_ncols=True, leave=False)
-    stop, best_unsaved = False, False
+    A checkpoint's ``meta`` (JSON) records where the run stands, so that a resumed run continues bit for bit:
+    ``epoch`` (the epoch in progress, or the next one after an epoch's end), ``pos`` (its next step),
+    ``sums`` (the metric sums of its steps ``[0, pos)``), ``history``, ``best``, ``best_epoch``, ``bad_epochs``
+    (early stopping), ``settings`` (what a resumed run must share) and ``elapsed`` (training seconds).
+    """
+
+    manager: CheckpointManager | None
+    directory: Any  # as given to fit (named in errors)
+    cadence: CheckpointCadence
+    settings: dict
+    mesh: Mesh | None
+
+    @classmethod
+    def open(cls, directory, config: TrainConfig, setup: _Setup) -> _Checkpoints:
+        """Open ``directory`` (nothing when ``None``) with the cadence of ``config``."""
+        manager = CheckpointManager(directory, keep=config.keep) if directory is not None else None
+        cadence = CheckpointCadence(config.checkpoint_every, config.checkpoint_every_steps)
+        return cls(manager, directory, cadence, setup.settings, setup.mesh)
+
+    def save(self, run: _Run, elapsed: float, *, best: bool = False) -> None:
+        """Save ``run`` as checkpoint ``run.step`` (and as the best checkpoint if ``best``)."""
+        meta = {"epoch": run.part.epoch, "pos": run.part.pos, "history": run.history,
+                "best": run.stopping.best, "best_epoch": run.stopping.best_epoch,
+                "bad_epochs": run.stopping.bad_epochs, "settings": self.settings, "elapsed": elapsed,
+                "sums": run.part.sums_to_json()}
+        self.manager.save(run.step, _host(run.placed, self.mesh).to_tree(), meta, best=best)
+
+    def restore(self, run: _Run) -> _Run:
+        """``run`` continued from the newest readable checkpoint (unchanged if there is none): its state,
+        position, running sums, history, early-stopping state and elapsed time, and the best parameters of the
+        best checkpoint (those of ``run`` if there is none).
+
+        Raises:
+            ValueError: the checkpoint was written with other :attr:`settings`.
+        """
+        restored = self.manager.restore_latest(run.placed.to_tree())
+        if restored is None:
+            return run
+        tree, meta, _ = restored
+        for k, v in self.settings.items():
+            if meta["settings"].get(k) != v:
+                raise ValueError(f"cannot resume from {self.directory}: it was written with {k}="
+                                 f"{meta['settings'].get(k)!r}, this run has {k}={v!r}")
+        state = TrainState.from_tree(tree)
+        best = self.manager.restore_best(state.to_tree())
+        return run._replace(
+            placed=state, part=PartialEpoch(meta["epoch"], meta["pos"], PartialEpoch.sums_from_json(meta["sums"])),
+            history=meta["history"], elapsed=meta["elapsed"],
+            stopping=run.stopping._replace(best=meta["best"], best_epoch=meta["best_epoch"],
+                                           bad_epochs=meta["bad_epochs"]),
+            best_params=run.best_params if best is None else _eval_params(TrainState.from_tree(best[0])))
+
+    def close(self) -> None:
+        """Wait for the pending saves and close the manager."""
+        if self.manager is not None:
+            self.manager.close()
+
+
+def _start(setup: _Setup, state: TrainState, checkpoints: _Checkpoints, resume: bool) -> _Run:
+    """The loop's starting point: the fresh ``state`` at epoch 0, or (``resume``) the newest checkpoint; the state
+    is then placed on the device(s)."""
+    config = setup.config
+    run = _Run(state, 0, PartialEpoch(0), [], EarlyStopping(config.min_delta, config.patience,
+                                                            config.early_stopping), _eval_params(state), 0.0)
+    if resume:
+        run = checkpoints.restore(run)
+    step = int(run.placed.step)
+    placed = run.placed if setup.mesh is None else place(run.placed, NamedSharding(setup.mesh, P()))
+    return run._replace(placed=placed, step=step)
+
+
+def _train(setup: _Setup, run: _Run, checkpoints: _Checkpoints, description: str) -> _Run:
+    """Run epochs until the step budget or the epochs are spent or early stopping says stop."""
+    clock = _Clock(run.elapsed, time.perf_counter())
+    bar = ProgressBar(setup.total_steps, run.step, description, setup.config.progress)
     try:
-        while epoch < n_epochs and not stop and step_now < total_steps:
-            stop_pos = min(spe, total_steps - epoch * spe)
-            pending = None
-            for (a, b), payload, idx in train.iterate(epoch, train.plan(pos, stop_pos)):
-                placed, metrics = run_chunk(placed, payload, idx)
-                chunk_sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), to_host_metrics(metrics))
-                sums = chunk_sums if not sums else jax.tree.map(jnp.add, sums, chunk_sums)
-                if pending is not None:  # report the previous dispatch while this one runs
-                    bar.update(pending[0])
-                    bar.set_postfix(loss=f"{float(pending[1]):.4g}", epoch=epoch, refresh=False)
-                pending = (b - a, chunk_sums["loss"] / (b - a))
-                pos, step_now = b, step_now + (b - a)
-                if (manager is not None and config.checkpoint_every_steps
-                        and b < stop_pos and step_now % config.checkpoint_every_steps < (b - a)):
-                    checkpoint()
-            if pending is not None:
-                bar.update(pending[0])
-            record = {"epoch": epoch, "step": step_now, **_means(sums, pos)}
-            sums, pos = {}, 0
-            last = epoch + 1 >= n_epochs or step_now >= total_steps
-            is_best = False
-            current = None
-            if val is not None and ((epoch + 1) % config.eval_every == 0 or last):
-                current = host_state()
-                eval_params = current.params if current.ema_params is None else current.ema_params
-                vsums, count, n_batches = None, 0, 0
-                for vpayload, vidx in val.eval_batches():
-                    s = evaluate(eval_params, vpayload, vidx, jax.random.fold_in(eval_key, epoch),
-                                 jnp.asarray(n_batches, jnp.int32))
-                    n_batches += vidx.shape[0]
-                    s = jax.tree.map(lambda v, w=vidx.shape[1]: v * w, s)  # per-batch means -> sums
-                    vsums = s if vsums is None else jax.tree.map(jnp.add, vsums, s)
-                    count += vidx.size
-                record.update(_means(vsums, count, "val_"))
-            monitored = record.get("val_loss", record["loss"])
-            if "val_loss" in record or val is None:
-                if monitored < best - config.min_delta:
-                    best, best_epoch, bad_epochs, is_best = monitored, epoch, 0, True
-                    current = current or host_state()
-                    best_params = current.params if current.ema_params is None else current.ema_params
-                else:
-                    bad_epochs += 1
-                    stop = config.early_stopping and bad_epochs >= config.patience
-            record["time"] = elapsed0 + time.perf_counter() - t0
-            history.append(record)
-            bar.set_postfix({k_: f"{v_:.4g}" for k_, v_ in record.items() if k_ in ("loss", "val_loss")}
-                            | {"epoch": epoch}, refresh=True)
-            epoch += 1
-            if is_best:
-                best_unsaved = True
-            if manager is not None and ((epoch % config.checkpoint_every == 0) or last or stop):
-                # the best checkpoint is the best among saved epochs (no extra saves on every improvement)
-                checkpoint(best_unsaved and is_best)
-                best_unsaved = False
+        while run.part.epoch < setup.n_epochs and not run.stop and run.step < setup.total_steps:
+            run = _run_epoch(setup, run, checkpoints, bar, clock)
+            run = _end_epoch(setup, run, checkpoints, bar, clock)
     finally:
         bar.close()
-        train.close()
-        if manager is not None:
-            manager.close()
-    return FitResult(host_state(), history, best_params)
+    return run
+
+
+def _run_epoch(setup: _Setup, run: _Run, checkpoints: _Checkpoints, bar: ProgressBar, clock: _Clock) -> _Run:
+    """The dispatches of the rest of the epoch in progress, with the mid-epoch checkpoints that are due.
+
+    Nothing here waits for the device except the progress bar's read of the previous dispatch's loss.
+    """
+    epoch, spe = run.part.epoch, setup.train.steps_per_epoch
+    stop_pos = min(spe, setup.total_steps - epoch * spe)
+    for (a, b), payload, idx in setup.train.iterate(epoch, setup.train.plan(run.part.pos, stop_pos)):
+        placed, metrics = setup.run_chunk(run.placed, payload, idx)
+        metrics = metrics if setup.mesh is None else first_replica(metrics)
+        chunk_sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+        part = run.part.add(b, chunk_sums)
+        bar.dispatched(b - a, chunk_sums["loss"], epoch)
+        run = run._replace(placed=placed, step=run.step + (b - a), part=part)
+        if checkpoints.manager is not None and checkpoints.cadence.mid_epoch(run.step, b - a, b, stop_pos):
+            checkpoints.save(run, clock())
+    bar.flush()
+    return run
+
+
+def _validate(setup: _Setup, params: Params, epoch: int) -> dict[str, float]:
+    """The ``val_*`` means of ``params`` over every validation example after ``epoch``."""
+    key = jax.random.fold_in(setup.eval_key, epoch)
+    sums, count, n_batches = None, 0, 0
+    for payload, idx in setup.val.eval_batches():
+        s = setup.evaluate(params, payload, idx, key, jnp.asarray(n_batches, jnp.int32))
+        n_batches += idx.shape[0]
+        s = jax.tree.map(lambda v, w=idx.shape[1]: v * w, s)  # per-batch means -> sums
+        sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
+        count += idx.size
+    return means(sums, count, "val_")
+
+
+def _end_epoch(setup: _Setup, run: _Run, checkpoints: _Checkpoints, bar: ProgressBar, clock: _Clock) -> _Run:
+    """Close the epoch in progress: its history record (validated when due), early stopping, the best
+    parameters, the progress bar, and the epoch-end checkpoint when due."""
+    epoch, config = run.part.epoch, setup.config
+    record = run.part.record(run.step)
+    last = epoch + 1 >= setup.n_epochs or run.step >= setup.total_steps
+    current = None  # the host state, copied once when needed
+    if setup.val is not None and ((epoch + 1) % config.eval_every == 0 or last):
+        current = _host(run.placed, setup.mesh)
+        record.update(_validate(setup, _eval_params(current), epoch))
+    stopping, improved, stop = run.stopping, False, False
+    if "val_loss" in record or setup.val is None:  # epochs without validation are not monitored
+        stopping, improved, stop = stopping.update(record.get("val_loss", record["loss"]), epoch)
+    best_params = run.best_params
+    if improved:
+        best_params = _eval_params(current or _host(run.placed, setup.mesh))
+    record["time"] = clock()
+    bar.epoch_done(record)
+    run = run._replace(part=PartialEpoch(epoch + 1), history=[*run.history, record], stopping=stopping,
+                       best_params=best_params, stop=stop)
+    if checkpoints.manager is not None and checkpoints.cadence.epoch_end(epoch + 1, last, stop):
+        # best/ holds the best among saved epochs: a saved epoch that improved on every earlier one becomes it
+        # (no extra save on every improvement: an improvement at an epoch that is not saved does not reach it)
+        checkpoints.save(run, clock(), best=improved)
+    return run
