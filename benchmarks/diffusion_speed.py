@@ -2,8 +2,8 @@
 
 Shapes follow the seed notebook and ``shared/peers/seed_reference_torch.py``: 32-d latent, hidden 256, 4 residual
 layers, time embedding 64, batch 128, 1000 samples. The genjax network for the speed comparison is the peer's
-architecture (``ScoreNet(norm=False, film=False)``: input Dense + time MLP added, 4 x ``h + Dense(silu(h))``, output
-Dense); the default ``ScoreNet`` (LayerNorm + FiLM in every block) is timed too.
+architecture (``FieldNet(norm="none", film=False)``: input Dense + time MLP added, 4 x ``h + Dense(silu(h))``, output
+Dense); the default ``FieldNet`` (LayerNorm + FiLM in every block) is timed too.
 
 Measured here:
   * the sgemm peak through jax (2048^2 matmul) and the matmul FLOP floor of one training step / one evaluation;
@@ -300,7 +300,7 @@ def main(argv=None):
     g_train = res["train_ms_peer_arch_b128"]
     lines.append(f"| training ms/step, batch 128 (peer architecture) | {g_train:.2f} | {peer_train:.2f} | "
                  f"{peer_train / g_train:.1f}x |")
-    lines.append(f"| training ms/step, batch 128 (default ScoreNet, LayerNorm + FiLM) | "
+    lines.append(f"| training ms/step, batch 128 (default FieldNet, LayerNorm + FiLM) | "
                  f"{res['train_ms_default_arch_b128']:.2f} | | |")
     lines.append(f"| training GFLOP/s, batch 1024 / sgemm peak | {res['train_gflops_peer_arch_b1024']:.0f} / {peak:.0f} "
                  f"({res['train_gflops_peer_arch_b1024'] / peak:.0%}) | | |")

@@ -35,59 +35,37 @@ import sys
 import time
 from pathlib import Path
 
-NAME = "data_parallel"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / NAME
+from common import config_class, config_from_args, load_pbmc3k, write_summary
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    out: str = str(DEFAULT_OUT)
-    seed: int = 0
-    devices: int = 2  # data-parallel devices in runs 2 and 3 (in all, over every process)
-    processes: int = 2  # processes of run 3
-    max_cells: int = 0  # 0: all PBMC3k cells; else a stratified subsample
-    n_genes: int = 1000  # most expressed genes kept (0: all)
-    epochs: int = 40
-    batch_size: int = 128
-
+Config = config_class(
+    __file__,
+    devices=2,  # data-parallel devices in runs 2 and 3 (in all, over every process)
+    processes=2,  # processes of run 3
+    max_cells=0,  # 0: all PBMC3k cells; else a stratified subsample
+    n_genes=1000,  # most expressed genes kept (0: all)
+    epochs=40, batch_size=128,
+)
 
 SMOKE = dict(max_cells=256, n_genes=60, epochs=2, batch_size=32)
 FULL = dict(n_genes=0, epochs=200)
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="a subsample and a few steps (the smoke test)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
-    for f in dataclasses.fields(Config):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
-                       help=f"default {f.default} (--smoke: {SMOKE.get(f.name, '=')}, --full: {FULL.get(f.name, '=')})")
-    args = p.parse_args(argv)
-    cfg = dataclasses.replace(Config(), **(SMOKE if args.smoke else FULL if args.full else {}))
-    cfg = dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                                      if getattr(args, f.name) is not None})
+    return config_from_args(Config, SMOKE, FULL, argv, doc=__doc__, check=check_config,
+                            smoke_help="a subsample and a few steps (the smoke test)")
+
+
+def check_config(cfg: Config) -> str | None:
     if cfg.devices % cfg.processes:
-        p.error(f"--devices {cfg.devices} must divide by --processes {cfg.processes}")
+        return f"--devices {cfg.devices} must divide by --processes {cfg.processes}"
     if cfg.batch_size % cfg.devices:
-        p.error(f"--batch-size {cfg.batch_size} must divide by --devices {cfg.devices}")
-    return cfg
+        return f"--batch-size {cfg.batch_size} must divide by --devices {cfg.devices}"
+    return None
 
 
 def load_data(cfg: Config):
-    import numpy as np
-
-    import genjax
-    from genjax.cli import stratified_split
-
-    adata = genjax.datasets.pbmc3k()
-    if cfg.max_cells and cfg.max_cells < adata.n_obs:
-        keep, _ = stratified_split(adata.obs["cell_type"], 1.0 - cfg.max_cells / adata.n_obs, seed=cfg.seed)
-        adata = adata[keep].copy()
-    if cfg.n_genes and cfg.n_genes < adata.n_vars:
-        mean = np.asarray(adata.X.mean(axis=0)).ravel()
-        adata = adata[:, np.sort(np.argsort(-mean)[: cfg.n_genes])].copy()
-    return adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()
+    """PBMC3k, subsampled as ``genjax``'s command line does for ``--n-cells`` and gene-filtered per ``cfg``."""
+    return load_pbmc3k(cfg.seed, cfg.max_cells, cfg.n_genes, like_cli=True)
 
 
 def train(cfg: Config, devices):
@@ -195,13 +173,10 @@ def main(argv=None) -> dict:
                     keys=["loss"], path=out / "training.png")
     summary["figures"] = ["training.png"]
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = ["# Data-parallel VAE training on PBMC3k", "", f"backend: {summary['backend']}, {summary['seconds']} s", ""]
-    lines += [f"- {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()) for name, r in summary["runs"].items()]
-    lines += [f"- largest parameter difference, {cfg.processes} processes vs {cfg.devices} devices: {diff:.3g}",
-              f"- largest parameter difference, one device vs {cfg.devices} devices: {drift:.3g}", "",
-              "figures: training.png", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    body = [f"- {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()) for name, r in summary["runs"].items()]
+    body += [f"- largest parameter difference, {cfg.processes} processes vs {cfg.devices} devices: {diff:.3g}",
+             f"- largest parameter difference, one device vs {cfg.devices} devices: {drift:.3g}"]
+    write_summary(out, summary, "Data-parallel VAE training on PBMC3k", body)
     print(f"wrote training.png and summary.json / summary.md to {out} in {summary['seconds']:.0f} s")
     return summary
 

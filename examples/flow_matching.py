@@ -23,11 +23,8 @@ training.png, summary.json and summary.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -35,29 +32,27 @@ import numpy as np
 import genjax
 from genjax.plots import save_figure
 
-NAME = "flow_matching"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / NAME
+from common import (
+    config_class,
+    config_from_args,
+    finish_run,
+    fit_latent_generator,
+    load_pbmc3k,
+    new_figure,
+    split_by_cell_type,
+    start_run,
+)
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    out: str = str(DEFAULT_OUT)
-    seed: int = 0
-    priors: str = "flow"  # comma-separated: flow, diffusion
-    max_cells: int = 0  # 0: all PBMC3k cells; else a stratified subsample
-    n_genes: int = 0  # 0: all genes; else the most expressed ones
-    test_fraction: float = 0.2
-    n_latent: int = 10
-    vae_epochs: int = 60
-    vae_train_size: float = 0.9
-    prior_steps: int = 3000
-    prior_hidden: int = 256
-    prior_blocks: int = 3
-    cond_dropout: float = 0.2
-    decoder_conditions: bool = False
-    guidance: str = "0,1,2,4"  # guidance weights swept at generation
-    panel_guidance: float = 2.0  # weight of the evaluation panel
-
+Config = config_class(
+    __file__,
+    priors="flow",  # comma-separated: flow, diffusion
+    max_cells=0,  # 0: all PBMC3k cells; else a stratified subsample
+    n_genes=0,  # 0: all genes; else the most expressed ones
+    test_fraction=0.2, n_latent=10, vae_epochs=60, vae_train_size=0.9, prior_steps=3000, prior_hidden=256,
+    prior_blocks=3, cond_dropout=0.2, decoder_conditions=False,
+    guidance="0,1,2,4",  # guidance weights swept at generation
+    panel_guidance=2.0,  # weight of the evaluation panel
+)
 
 SMOKE = dict(max_cells=240, n_genes=60, n_latent=4, vae_epochs=2, vae_train_size=1.0, prior_steps=8,
              prior_hidden=16, prior_blocks=1, guidance="0,2", panel_guidance=2.0)
@@ -65,64 +60,29 @@ FULL = dict(vae_epochs=400, prior_steps=20000, guidance="0,0.5,1,1.5,2,3,4,6")
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (the smoke test)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
-    for f in dataclasses.fields(Config):
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=None, **kind,
-                       help=f"default {f.default} (--smoke: {SMOKE.get(f.name, '=')}, --full: {FULL.get(f.name, '=')})")
-    args = p.parse_args(argv)
-    cfg = dataclasses.replace(Config(), **(SMOKE if args.smoke else FULL if args.full else {}))
-    cfg = dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                                      if getattr(args, f.name) is not None})
+    return config_from_args(Config, SMOKE, FULL, argv, doc=__doc__, check=check_config)
+
+
+def check_config(cfg: Config) -> str | None:
     if cfg.panel_guidance not in weights(cfg):
-        p.error(f"--panel-guidance {cfg.panel_guidance} must be one of --guidance {cfg.guidance}")
-    return cfg
+        return f"--panel-guidance {cfg.panel_guidance} must be one of --guidance {cfg.guidance}"
+    return None
 
 
 def weights(cfg: Config) -> list[float]:
     return [float(w) for w in cfg.guidance.split(",")]
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(rest, picked)``: ``fraction`` of each label group picked at random."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for value in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == value))
-        picked.append(rows[: min(max(1, int(round(fraction * rows.size))), rows.size - 1)])
-    picked = np.sort(np.concatenate(picked))
-    return np.setdiff1d(np.arange(labels.size), picked), picked
-
-
 def load_data(cfg: Config):
-    adata = genjax.datasets.pbmc3k()
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
-    if cfg.max_cells and cfg.max_cells < adata.n_obs:
-        _, rows = stratified_split(labels, cfg.max_cells / adata.n_obs, cfg.seed)
-        adata = adata[rows].copy()
-    if cfg.n_genes and cfg.n_genes < adata.n_vars:
-        mean = np.asarray(adata.X.mean(axis=0)).ravel()
-        adata = adata[:, np.sort(np.argsort(-mean)[: cfg.n_genes])].copy()
-    adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()
-    counts = adata.obs["cell_type"].value_counts()
-    adata = adata[adata.obs["cell_type"].isin(counts.index[counts >= 5])].copy()  # types in train and held-out
-    adata.obs["cell_type"] = adata.obs["cell_type"].cat.remove_unused_categories()
-    return adata
+    """PBMC3k, subsampled and gene-filtered per ``cfg``, cell types of >= 5 cells."""
+    return load_pbmc3k(cfg.seed, cfg.max_cells, cfg.n_genes, min_type_cells=5)
 
 
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    print(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s): {jax.devices()[0].device_kind})")
+    out, t_start = start_run(cfg.out)
     adata = load_data(cfg)
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
-    train_rows, test_rows = stratified_split(labels, cfg.test_fraction, cfg.seed)
-    train, test = adata[train_rows].copy(), adata[test_rows].copy()
+    train, test = split_by_cell_type(adata, cfg.test_fraction, cfg.seed)
     test_labels = test.obs["cell_type"].astype(str).to_numpy()
     print(f"PBMC3k: {adata.n_obs} cells x {adata.n_vars} genes; {train.n_obs} training, {test.n_obs} held-out")
     summary: dict = {"config": dataclasses.asdict(cfg), "backend": jax.default_backend(), "priors": {}}
@@ -130,14 +90,11 @@ def main(argv=None) -> dict:
 
     for prior in (s.strip() for s in cfg.priors.split(",")):
         t0 = time.perf_counter()
-        gen = genjax.LatentGenerator(
-            train, likelihood="nb", prior=prior, conditions=["cell_type"], seed=cfg.seed,
-            decoder_conditions=cfg.decoder_conditions, cond_dropout=cfg.cond_dropout,
-            vae_kwargs={"n_latent": cfg.n_latent},
-            prior_kwargs={"n_hidden": cfg.prior_hidden, "n_layers": cfg.prior_blocks,
-                          "steps_per_dispatch": min(cfg.prior_steps, 250)})
-        gen.fit(vae_epochs=cfg.vae_epochs, prior_steps=cfg.prior_steps, seed=cfg.seed, progress=False,
-                vae_fit_kwargs={"kl_warmup_epochs": max(1, cfg.vae_epochs // 3), "train_size": cfg.vae_train_size})
+        gen = fit_latent_generator(train, prior=prior, seed=cfg.seed, n_latent=cfg.n_latent,
+                                   vae_epochs=cfg.vae_epochs, vae_train_size=cfg.vae_train_size,
+                                   prior_steps=cfg.prior_steps, prior_hidden=cfg.prior_hidden,
+                                   prior_blocks=cfg.prior_blocks, decoder_conditions=cfg.decoder_conditions,
+                                   cond_dropout=cfg.cond_dropout)
         t_fit = time.perf_counter() - t0
         history.update({f"{prior} {stage}": h for stage, h in gen.history.items() if h})
         sweep = {}
@@ -175,27 +132,18 @@ def main(argv=None) -> dict:
     figures.append(plot_latents(out / "latent_pca.png", latents, train.obs["cell_type"]))
     genjax.plots.training_curves(history, keys=["loss"], path=out / "training.png")
     figures.append(out / "training.png")
-    summary["figures"] = [p.name for p in figures]
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    write_summary(out, summary, "Flow matching with classifier-free guidance by cell type (PBMC3k)")
-    print(f"wrote {len(figures)} figures and summary.json / summary.md to {out} in {summary['seconds']:.0f} s")
-    return summary
+    return finish_run(out, summary, figures, "Flow matching with classifier-free guidance by cell type (PBMC3k)",
+                      t_start)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures and summary
-
-
-def _figure(**kwargs):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    return Figure(layout="constrained", **kwargs)
+# figures
 
 
 def plot_guidance(path, sweeps):
     metrics = (("label_accuracy", "label accuracy (higher: requested type)"),
                ("energy_distance", "energy distance (lower)"), ("knn_accuracy", "5-NN accuracy (0.5: real-like)"))
-    fig = _figure(figsize=(14, 4))
+    fig = new_figure(figsize=(14, 4))
     axes = fig.subplots(1, len(metrics))
     for ax, (m, label) in zip(axes, metrics, strict=True):
         for prior, sweep in sweeps.items():
@@ -217,7 +165,7 @@ def plot_latents(path, latents, cell_type):
     values = cell_type.astype(str).to_numpy()
     rows = list(latents)
     cols = list(latents[rows[0]])
-    fig = _figure(figsize=(4.6 * len(cols), 4.2 * len(rows)))
+    fig = new_figure(figsize=(4.6 * len(cols), 4.2 * len(rows)))
     axes = fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=True)
     for r, prior in enumerate(rows):
         ref = latents[prior]["encoded cells"]
@@ -235,24 +183,6 @@ def plot_latents(path, latents, cell_type):
             ax.set_ylabel("latent PC2")
     axes[0, -1].legend(fontsize="x-small", markerscale=3)
     return save_figure(fig, path)
-
-
-def write_summary(out: Path, summary: dict, title: str) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# {title}", "", f"backend: {summary['backend']}, {summary['seconds']} s", ""]
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if k in ("config", "figures"):
-                continue
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                lines.append(f"- {prefix}{k}: {v:.4g}" if isinstance(v, float) else f"- {prefix}{k}: {v}")
-
-    walk(summary)
-    lines += ["", "figures: " + ", ".join(summary["figures"]), ""]
-    (out / "summary.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -28,11 +28,8 @@ summary.json and summary.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,37 +39,28 @@ import optax
 import genjax
 from genjax.plots import save_figure
 
-NAME = "gene_expression_diffusion"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / NAME
+from common import (
+    config_class,
+    config_from_args,
+    finish_run,
+    fit_latent_generator,
+    new_figure,
+    split_by_cell_type,
+    start_run,
+)
+
 PART1_CONDITIONS = ["tissue", "disease", "batch"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    out: str = str(DEFAULT_OUT)
-    seed: int = 0
+Config = config_class(
+    __file__,
     # part 1: toy bulk data, Gaussian VAE, latent VP-SDE diffusion, reverse-SDE sampling
-    bulk_samples: int = 1200
-    bulk_genes: int = 200
-    vae_latent: int = 16
-    vae_hidden: int = 128
-    vae_epochs: int = 150
-    score_hidden: int = 256
-    score_blocks: int = 3
-    score_steps: int = 3000
-    sde_steps: int = 500
-    # part 2: NB counts, LatentGenerator
-    n_cells: int = 2500
-    n_genes: int = 500
-    n_cell_types: int = 5
-    library_size: float = 2000.0
-    test_fraction: float = 0.2
-    gen_latent: int = 10
-    gen_epochs: int = 100
-    prior_steps: int = 3000
-    baseline: bool = True  # also fit the direct log1p-space baseline
-    vae_train_size: float = 0.9  # fraction of the VAE's training data fitted; the rest validates each epoch
-
+    bulk_samples=1200, bulk_genes=200, vae_latent=16, vae_hidden=128, vae_epochs=150, score_hidden=256,
+    score_blocks=3, score_steps=3000, sde_steps=500,
+    # part 2: NB counts, LatentGenerator; baseline: also fit the direct log1p-space baseline
+    n_cells=2500, n_genes=500, n_cell_types=5, library_size=2000.0, test_fraction=0.2, gen_latent=10,
+    gen_epochs=100, prior_steps=3000, baseline=True,
+    vae_train_size=0.9,  # fraction of the VAE's training data fitted; the rest validates each epoch
+)
 
 SMOKE = dict(bulk_samples=96, bulk_genes=30, vae_latent=4, vae_hidden=16, vae_epochs=2, score_hidden=16,
              score_blocks=1, score_steps=8, sde_steps=5, n_cells=150, n_genes=40, n_cell_types=3, gen_latent=4,
@@ -82,29 +70,7 @@ FULL = dict(bulk_samples=3000, bulk_genes=500, vae_epochs=300, score_steps=10000
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (the smoke test)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
-    for f in dataclasses.fields(Config):
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=None, **kind,
-                       help=f"default {f.default} (--smoke: {SMOKE.get(f.name, '=')}, --full: {FULL.get(f.name, '=')})")
-    args = p.parse_args(argv)
-    cfg = dataclasses.replace(Config(), **(SMOKE if args.smoke else FULL if args.full else {}))
-    return dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                                       if getattr(args, f.name) is not None})
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(rest, picked)``: ``fraction`` of each label group picked at random."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for value in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == value))
-        picked.append(rows[: min(max(1, int(round(fraction * rows.size))), rows.size - 1)])
-    picked = np.sort(np.concatenate(picked))
-    return np.setdiff1d(np.arange(labels.size), picked), picked
+    return config_from_args(Config, SMOKE, FULL, argv, doc=__doc__)
 
 
 def pearson(a, b) -> float:
@@ -130,7 +96,8 @@ def part1(cfg: Config, key) -> dict:
     vae.fit(max_epochs=cfg.vae_epochs, kl_warmup_epochs=max(1, cfg.vae_epochs // 3), train_size=cfg.vae_train_size,
             seed=cfg.seed, progress=False)
     z = vae.latent(data)
-    cat = vae.batch(data)["cat"]  # (samples, 3) int32 category codes of tissue, disease, batch
+    vae_cond = vae.batch(data).cond  # a genjax.data.Condition: the samples' tissue, disease and batch codes
+    cat = vae_cond.labels  # (samples, 3) int32
     t_vae = time.perf_counter() - t0
 
     # latent diffusion: standardise the latents, fit a conditional score model on a VP SDE
@@ -152,7 +119,7 @@ def part1(cfg: Config, key) -> dict:
     z_gen = np.asarray(z_gen) * scale + shift
     fns = vae.functions()
     decode = jax.jit(lambda p, z, c, k: fns.sample(k, fns.decode(p, z, jnp.zeros(z.shape[0]), c)))
-    x_gen = np.asarray(decode(vae.params, jnp.asarray(z_gen), jnp.asarray(cat), key_decode))
+    x_gen = np.asarray(decode(vae.params, jnp.asarray(z_gen), jax.tree.map(jnp.asarray, vae_cond), key_decode))
     t_sample = time.perf_counter() - t0
 
     mean_r = pearson(log_x.mean(axis=0), x_gen.mean(axis=0))
@@ -197,20 +164,15 @@ def part2(cfg: Config) -> dict:
     adata = genjax.datasets.synthetic_counts(cfg.n_cells, cfg.n_genes, cfg.n_cell_types,
                                              library_size=cfg.library_size, seed=cfg.seed)
     adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
-    train_rows, test_rows = stratified_split(labels, cfg.test_fraction, cfg.seed)
-    train, test = adata[train_rows].copy(), adata[test_rows].copy()
+    train, test = split_by_cell_type(adata, cfg.test_fraction, cfg.seed)
     spaces = ["latent", "log1p"] if cfg.baseline else ["latent"]
     results, history = {}, {}
     for space in spaces:
         t0 = time.perf_counter()
-        gen = genjax.LatentGenerator(
-            train, likelihood="nb", prior="diffusion", conditions=["cell_type"], space=space, seed=cfg.seed,
-            vae_kwargs={"n_latent": cfg.gen_latent},
-            prior_kwargs={"n_hidden": cfg.score_hidden, "n_layers": cfg.score_blocks,
-                          "steps_per_dispatch": min(cfg.prior_steps, 250)})
-        gen.fit(vae_epochs=cfg.gen_epochs, prior_steps=cfg.prior_steps, seed=cfg.seed, progress=False,
-                vae_fit_kwargs={"kl_warmup_epochs": max(1, cfg.gen_epochs // 3), "train_size": cfg.vae_train_size})
+        gen = fit_latent_generator(train, prior="diffusion", space=space, seed=cfg.seed, n_latent=cfg.gen_latent,
+                                   vae_epochs=cfg.gen_epochs, vae_train_size=cfg.vae_train_size,
+                                   prior_steps=cfg.prior_steps, prior_hidden=cfg.score_hidden,
+                                   prior_blocks=cfg.score_blocks)
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         generated = gen.generate(test.n_obs, seed=cfg.seed + 1, cell_type=test.obs["cell_type"].astype(str).to_numpy())
@@ -240,10 +202,7 @@ def part2(cfg: Config) -> dict:
 
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    print(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s): {jax.devices()[0].device_kind})")
+    out, t_start = start_run(cfg.out)
     p1 = part1(cfg, jax.random.key(cfg.seed))
     p2 = part2(cfg)
 
@@ -258,21 +217,12 @@ def main(argv=None) -> dict:
     figures.append(out / "training.png")
     summary = {"config": dataclasses.asdict(cfg), "backend": jax.default_backend(), "part1": p1["summary"],
                "part2": {space: r["summary"] for space, r in p2["results"].items()},
-               "part2_cells": {"train": p2["cells"][0], "heldout": p2["cells"][1]},
-               "figures": [p.name for p in figures], "seconds": round(time.perf_counter() - t_start, 1)}
-    write_summary(out, summary, "Gene-expression diffusion (seed notebook, parts 1 and 2)")
-    print(f"wrote {len(figures)} figures and summary.json / summary.md to {out} in {summary['seconds']:.0f} s")
-    return summary
+               "part2_cells": {"train": p2["cells"][0], "heldout": p2["cells"][1]}}
+    return finish_run(out, summary, figures, "Gene-expression diffusion (seed notebook, parts 1 and 2)", t_start)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures and summary
-
-
-def _figure(**kwargs):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    return Figure(layout="constrained", **kwargs)
+# figures
 
 
 def plot_part1_pca(path, p1):
@@ -283,7 +233,7 @@ def plot_part1_pca(path, p1):
     mean = real.mean(axis=0)
     _, s, vt = np.linalg.svd(real - mean, full_matrices=False)
     ratio = s**2 / np.sum(s**2)
-    fig = _figure(figsize=(11, 9))
+    fig = new_figure(figsize=(11, 9))
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
     for row, key in enumerate(("tissue", "disease")):
         cats = list(obs[key].cat.categories)
@@ -306,7 +256,7 @@ def plot_part1_pca(path, p1):
 def plot_part1_genes(path, p1):
     real, gen = p1["real"], p1["generated"]
     s = p1["summary"]
-    fig = _figure(figsize=(10, 4.5))
+    fig = new_figure(figsize=(10, 4.5))
     axes = fig.subplots(1, 2)
     for ax, (label, a, b, r) in zip(axes, (("gene mean", real.mean(0), gen.mean(0), s["gene_mean_correlation"]),
                                            ("gene variance", real.var(0), gen.var(0),
@@ -318,24 +268,6 @@ def plot_part1_genes(path, p1):
         ax.set_ylabel(f"generated {label}")
         ax.set_title(f"{label}: r = {r:.4f}")
     return save_figure(fig, path)
-
-
-def write_summary(out: Path, summary: dict, title: str) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# {title}", "", f"backend: {summary['backend']}, {summary['seconds']} s", ""]
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if k in ("config", "figures"):
-                continue
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                lines.append(f"- {prefix}{k}: {v:.4g}" if isinstance(v, float) else f"- {prefix}{k}: {v}")
-
-    walk(summary)
-    lines += ["", "figures: " + ", ".join(summary["figures"]), ""]
-    (out / "summary.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

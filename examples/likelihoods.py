@@ -22,11 +22,8 @@ summary.json and summary.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -40,30 +37,16 @@ from scipy import special
 import genjax
 from genjax.plots import save_figure
 
-NAME = "likelihoods"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / NAME
+from common import config_class, config_from_args, finish_run, new_figure, start_run
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    out: str = str(DEFAULT_OUT)
-    seed: int = 0
-    # hierarchical dispersion model on synthetic counts
-    n_cells: int = 1500
-    n_genes: int = 300
-    n_cell_types: int = 4
-    library_size: float = 1500.0
-    theta_median: float = 3.0
-    theta_sd: float = 0.8
-    inference: str = "svi"  # "svi" (AutoNormal) or "nuts"
-    svi_steps: int = 3000
-    lr: float = 0.02
-    nuts_warmup: int = 300
-    nuts_samples: int = 300
-    # NB vs ZINB on real counts
-    cell_type: str = "CD4 T cells"
-    real_genes: int = 300  # the most expressed genes of that cell type
-
+Config = config_class(
+    __file__,
+    # hierarchical dispersion model on synthetic counts; inference: "svi" (AutoNormal) or "nuts"
+    n_cells=1500, n_genes=300, n_cell_types=4, library_size=1500.0, theta_median=3.0, theta_sd=0.8,
+    inference="svi", svi_steps=3000, lr=0.02, nuts_warmup=300, nuts_samples=300,
+    # NB vs ZINB on real counts: the real_genes most expressed genes of that cell type
+    cell_type="CD4 T cells", real_genes=300,
+)
 
 SMOKE = dict(n_cells=120, n_genes=24, n_cell_types=2, svi_steps=10, nuts_warmup=5, nuts_samples=5,
              cell_type="B cells", real_genes=20)
@@ -71,21 +54,13 @@ FULL = dict(n_cells=5000, n_genes=1000, svi_steps=10000, nuts_warmup=1000, nuts_
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (the smoke test)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
-    for f in dataclasses.fields(Config):
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=None, **kind,
-                       help=f"default {f.default} (--smoke: {SMOKE.get(f.name, '=')}, --full: {FULL.get(f.name, '=')})")
-    args = p.parse_args(argv)
-    cfg = dataclasses.replace(Config(), **(SMOKE if args.smoke else FULL if args.full else {}))
-    cfg = dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                                      if getattr(args, f.name) is not None})
+    return config_from_args(Config, SMOKE, FULL, argv, doc=__doc__, check=check_config)
+
+
+def check_config(cfg: Config) -> str | None:
     if cfg.inference not in ("svi", "nuts"):
-        p.error(f"--inference must be 'svi' or 'nuts'; got {cfg.inference!r}")
-    return cfg
+        return f"--inference must be 'svi' or 'nuts'; got {cfg.inference!r}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,10 +188,7 @@ def predicted_zero_fraction(med, log_lib):
 
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    print(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s): {jax.devices()[0].device_kind})")
+    out, t_start = start_run(cfg.out)
     key_hier, key_flat, key_nb, key_zinb = jax.random.split(jax.random.key(cfg.seed), 4)
     summary: dict = {"config": dataclasses.asdict(cfg), "backend": jax.default_backend()}
 
@@ -307,25 +279,15 @@ def main(argv=None) -> dict:
         plot_svi(out / "svi.png", {"hierarchical": losses_pool, "independent": losses_flat,
                                    "PBMC NB": fits["NB"]["losses"], "PBMC ZINB": fits["ZINB"]["losses"]}),
     ]
-    summary["figures"] = [p.name for p in figures]
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    write_summary(out, summary, "Likelihoods: genjax NB / ZINB in numpyro models")
-    print(f"wrote {len(figures)} figures and summary.json / summary.md to {out} in {summary['seconds']:.0f} s")
-    return summary
+    return finish_run(out, summary, figures, "Likelihoods: genjax NB / ZINB in numpyro models", t_start)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures and summary
-
-
-def _figure(**kwargs):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    return Figure(layout="constrained", **kwargs)
+# figures
 
 
 def plot_accuracy(path, thetas, acc):
-    fig = _figure(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     for (name, err), marker in zip(acc.items(), "os", strict=False):
         ax.loglog(thetas, np.maximum(err, 1e-9), marker + "-", label=name)  # 1e-9: exact zeros drawn
@@ -338,7 +300,7 @@ def plot_accuracy(path, thetas, acc):
 
 
 def plot_dispersion(path, truth, q_pool, q_flat, mean_expr, summary, cfg):
-    fig = _figure(figsize=(15, 4.5))
+    fig = new_figure(figsize=(15, 4.5))
     axes = fig.subplots(1, 3)
     lo, hi = truth.min() - 1, truth.max() + 1
     for ax, (label, q) in zip(axes[:2], ((f"hierarchical ({cfg.inference})", q_pool), ("independent (SVI)", q_flat)),
@@ -361,7 +323,7 @@ def plot_dispersion(path, truth, q_pool, q_flat, mean_expr, summary, cfg):
 
 
 def plot_zinb(path, observed_zero, fits, cfg):
-    fig = _figure(figsize=(10, 4.5))
+    fig = new_figure(figsize=(10, 4.5))
     axes = fig.subplots(1, 2)
     ax = axes[0]
     for name, f in fits.items():
@@ -381,7 +343,7 @@ def plot_zinb(path, observed_zero, fits, cfg):
 
 def plot_svi(path, losses):
     losses = {k: v for k, v in losses.items() if v is not None}
-    fig = _figure(figsize=(4 * len(losses), 3.4))
+    fig = new_figure(figsize=(4 * len(losses), 3.4))
     axes = fig.subplots(1, len(losses), squeeze=False)[0]
     for ax, (name, v) in zip(axes, losses.items(), strict=True):
         ax.plot(v, lw=0.8)
@@ -390,24 +352,6 @@ def plot_svi(path, losses):
         ax.set_ylabel("-ELBO")
         ax.set_title(name)
     return save_figure(fig, path)
-
-
-def write_summary(out: Path, summary: dict, title: str) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# {title}", "", f"backend: {summary['backend']}, {summary['seconds']} s", ""]
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if k in ("config", "figures"):
-                continue
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                lines.append(f"- {prefix}{k}: {v:.4g}" if isinstance(v, float) else f"- {prefix}{k}: {v}")
-
-    walk(summary)
-    lines += ["", "figures: " + ", ".join(summary["figures"]), ""]
-    (out / "summary.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

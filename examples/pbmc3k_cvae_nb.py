@@ -22,11 +22,8 @@ counterfactual.png, evaluation_panel.png, training.png, summary.json and summary
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -34,33 +31,32 @@ import numpy as np
 import genjax
 from genjax.plots import save_figure
 
-NAME = "pbmc3k_cvae_nb"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / NAME
+from common import (
+    config_class,
+    config_from_args,
+    finish_run,
+    load_pbmc3k,
+    new_figure,
+    split_by_cell_type,
+    start_run,
+)
+
 MARKERS = ["MS4A1", "CD79A", "LYZ", "CD14", "S100A8", "CST3", "FCGR3A", "NKG7", "GNLY", "IL7R", "CD8A", "FCER1A",
            "PPBP"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    out: str = str(DEFAULT_OUT)
-    seed: int = 0
-    likelihoods: str = "nb,zinb"
-    max_cells: int = 0  # 0: all cells; else a stratified subsample (smoke runs)
-    n_genes: int = 0  # 0: all genes; else the most expressed ones (markers always kept)
-    test_fraction: float = 0.2
-    # model and training (scvi-tools' defaults, but a shorter run and KL warm-up)
-    n_latent: int = 10
-    n_hidden: int = 128
-    dropout: float = 0.1
-    epochs: int = 60
-    kl_warmup_epochs: int = 20
-    batch_size: int = 128
-    train_size: float = 0.9  # of the training cells; the rest validates each epoch
-    iwae_samples: int = 50
+Config = config_class(
+    __file__,
+    likelihoods="nb,zinb",
+    # max_cells: 0 all cells, else a stratified subsample (smoke runs); n_genes: 0 all genes, else the most
+    # expressed ones (markers always kept)
+    max_cells=0, n_genes=0, test_fraction=0.2,
+    # model and training (scvi-tools' defaults, but a shorter run and KL warm-up); train_size: the fraction of the
+    # training cells fitted, the rest validates each epoch
+    n_latent=10, n_hidden=128, dropout=0.1, epochs=60, kl_warmup_epochs=20, batch_size=128, train_size=0.9,
+    iwae_samples=50,
     # counterfactual: encode cells of `source`, decode them as `target`
-    source: str = "CD14+ Monocytes"
-    target: str = "B cells"
-
+    source="CD14+ Monocytes", target="B cells",
+)
 
 SMOKE = dict(likelihoods="nb", max_cells=240, n_genes=60, n_latent=4, n_hidden=16, epochs=2,
              kl_warmup_epochs=1, batch_size=64, train_size=1.0, iwae_samples=2)
@@ -68,47 +64,12 @@ FULL = dict(epochs=400, kl_warmup_epochs=400, iwae_samples=200)
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (the smoke test)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
-    for f in dataclasses.fields(Config):
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=None, **kind,
-                       help=f"default {f.default} (--smoke: {SMOKE.get(f.name, '=')}, --full: {FULL.get(f.name, '=')})")
-    args = p.parse_args(argv)
-    cfg = dataclasses.replace(Config(), **(SMOKE if args.smoke else FULL if args.full else {}))
-    return dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                                       if getattr(args, f.name) is not None})
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(rest, picked)``: ``fraction`` of each label group picked at random (at least one, and at
-    least one left, where the group has two cells)."""
-    rng = np.random.default_rng(seed)
-    picked = []
-    for value in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == value))
-        picked.append(rows[: min(max(1, int(round(fraction * rows.size))), rows.size - 1)])
-    picked = np.sort(np.concatenate(picked))
-    return np.setdiff1d(np.arange(labels.size), picked), picked
+    return config_from_args(Config, SMOKE, FULL, argv, doc=__doc__)
 
 
 def load_data(cfg: Config):
-    adata = genjax.datasets.pbmc3k()
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
-    if cfg.max_cells and cfg.max_cells < adata.n_obs:
-        _, rows = stratified_split(labels, cfg.max_cells / adata.n_obs, cfg.seed)
-        adata = adata[rows].copy()
-    if cfg.n_genes and cfg.n_genes < adata.n_vars:
-        mean = np.asarray(adata.X.mean(axis=0)).ravel()
-        keep = set(np.argsort(-mean)[: cfg.n_genes]) | {i for i, g in enumerate(adata.var_names) if g in MARKERS}
-        adata = adata[:, sorted(keep)].copy()
-    adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()  # every cell needs a library size
-    counts = adata.obs["cell_type"].value_counts()
-    adata = adata[adata.obs["cell_type"].isin(counts.index[counts >= 5])].copy()  # types in train and held-out
-    adata.obs["cell_type"] = adata.obs["cell_type"].cat.remove_unused_categories()
-    return adata
+    """PBMC3k, subsampled and gene-filtered per ``cfg`` (the markers always kept), cell types of >= 5 cells."""
+    return load_pbmc3k(cfg.seed, cfg.max_cells, cfg.n_genes, keep_genes=MARKERS, min_type_cells=5)
 
 
 def log_cp10k_means(X) -> np.ndarray:
@@ -119,14 +80,9 @@ def log_cp10k_means(X) -> np.ndarray:
 
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    print(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s): {jax.devices()[0].device_kind})")
+    out, t_start = start_run(cfg.out)
     adata = load_data(cfg)
-    labels = adata.obs["cell_type"].astype(str).to_numpy()
-    train_rows, test_rows = stratified_split(labels, cfg.test_fraction, cfg.seed)
-    train, test = adata[train_rows].copy(), adata[test_rows].copy()
+    train, test = split_by_cell_type(adata, cfg.test_fraction, cfg.seed)
     print(f"PBMC3k: {adata.n_obs} cells x {adata.n_vars} genes; {train.n_obs} training, {test.n_obs} held-out")
     summary: dict = {"config": dataclasses.asdict(cfg), "backend": jax.default_backend(),
                      "cells": int(adata.n_obs), "genes": int(adata.n_vars), "models": {}}
@@ -204,21 +160,11 @@ def main(argv=None) -> dict:
     genjax.plots.evaluation_panel(evaluations[first], path=out / "evaluation_panel.png")
     genjax.plots.training_curves(history, keys=["loss", "elbo"], path=out / "training.png")
     figures += [out / "evaluation_panel.png", out / "training.png"]
-    summary["figures"] = [p.name for p in figures]
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    write_summary(out, summary, "PBMC3k conditional VAE with NB / ZINB decoders")
-    print(f"wrote {len(figures)} figures and summary.json / summary.md to {out} in {summary['seconds']:.0f} s")
-    return summary
+    return finish_run(out, summary, figures, "PBMC3k conditional VAE with NB / ZINB decoders", t_start)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures and summary
-
-
-def _figure(**kwargs):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    return Figure(layout="constrained", **kwargs)
+# figures
 
 
 def _colors(categories):
@@ -232,7 +178,7 @@ def plot_latent(path, latents, train, test):
     """First two principal components of the posterior means, by cell type (PCA fitted on training cells)."""
     cats = list(train.obs["cell_type"].cat.categories)
     colors = _colors(cats)
-    fig = _figure(figsize=(6.5 * len(latents), 5))
+    fig = new_figure(figsize=(6.5 * len(latents), 5))
     axes = fig.subplots(1, len(latents), squeeze=False)[0]
     for ax, (lk, (z_train, z_test)) in zip(axes, latents.items(), strict=True):
         mean = z_train.mean(axis=0)
@@ -254,7 +200,7 @@ def plot_latent(path, latents, train, test):
 
 def plot_reconstruction(path, real_stats, recon, summary):
     stats = (("log_mean", "gene mean (log1p)"), ("log_var", "gene variance (log1p)"), ("zero_frac", "zero fraction"))
-    fig = _figure(figsize=(14, 4.2 * len(recon)))
+    fig = new_figure(figsize=(14, 4.2 * len(recon)))
     axes = fig.subplots(len(recon), 3, squeeze=False)
     for row, (lk, pred) in enumerate(recon.items()):
         for col, (stat, label) in enumerate(stats):
@@ -273,7 +219,7 @@ def plot_reconstruction(path, real_stats, recon, summary):
 def plot_counterfactual(path, profile, genes):
     idx = [genes.index(g) for g in MARKERS if g in genes]
     names = list(profile)
-    fig = _figure(figsize=(13, 4.5))
+    fig = new_figure(figsize=(13, 4.5))
     axes = fig.subplots(1, 2, width_ratios=[2, 1])
     ax = axes[0]
     width = 0.8 / len(names)
@@ -293,24 +239,6 @@ def plot_counterfactual(path, profile, genes):
     ax.set_title("all genes")
     ax.legend(fontsize="x-small", markerscale=3)
     return save_figure(fig, path)
-
-
-def write_summary(out: Path, summary: dict, title: str) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# {title}", "", f"backend: {summary['backend']}, {summary['seconds']} s", ""]
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if k in ("config", "figures"):
-                continue
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                lines.append(f"- {prefix}{k}: {v:.4g}" if isinstance(v, float) else f"- {prefix}{k}: {v}")
-
-    walk(summary)
-    lines += ["", "figures: " + ", ".join(summary["figures"]), ""]
-    (out / "summary.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

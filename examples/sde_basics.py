@@ -25,12 +25,9 @@ trajectories.png, training.png, summary.json and summary.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import time
-from pathlib import Path
 
 import equinox as eqx
 import flax.linen as nn
@@ -42,44 +39,24 @@ import optax
 import genjax
 from genjax.plots import save_figure
 
-NAME = "sde_basics"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out" / NAME
+from common import config_class, config_from_args, finish_run, new_figure, start_run
 
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    out: str = str(DEFAULT_OUT)
-    seed: int = 0
+Config = config_class(
+    __file__,
     # data: a ring of n_modes Gaussians of radius `radius`, each with standard deviation `mode_std`
-    n_modes: int = 8
-    radius: float = 4.0
-    mode_std: float = 0.35
-    n_train: int = 4000
+    n_modes=8, radius=4.0, mode_std=0.35, n_train=4000,
     # SDEs (comma-separated, of VP and VE): VP (beta_min, beta_max) and VE (sigma_min, sigma_max >= the largest
     # pairwise distance of the data)
-    sdes: str = "VP,VE"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    sigma_min: float = 0.01
-    sigma_max: float = 10.0
+    sdes="VP,VE", beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=10.0,
     # forward simulation
-    n_forward: int = 2000
-    forward_steps: int = 1000
+    n_forward=2000, forward_steps=1000,
     # score model
-    hidden: int = 128
-    num_blocks: int = 3
-    train_steps: int = 3000
-    batch_size: int = 256
-    lr: float = 2e-3
-    # sampling and likelihood
-    n_samples: int = 2000
-    sde_steps: int = 500
-    ode_tol: float = 1e-4
-    exact_reference: bool = True  # also sample with the exact score (separates sampler error from model error)
-    n_likelihood: int = 400
-    n_trajectories: int = 24
-    trajectory_steps: int = 200
-
+    hidden=128, num_blocks=3, train_steps=3000, batch_size=256, lr=2e-3,
+    # sampling and likelihood; exact_reference: also sample with the exact score (separates sampler error from
+    # model error)
+    n_samples=2000, sde_steps=500, ode_tol=1e-4, exact_reference=True, n_likelihood=400, n_trajectories=24,
+    trajectory_steps=200,
+)
 
 SMOKE = dict(sdes="VP", exact_reference=False, n_train=256, n_forward=128, forward_steps=20, hidden=16,
              num_blocks=1, train_steps=16, batch_size=64, n_samples=64, sde_steps=8, ode_tol=1e-2, n_likelihood=16, n_trajectories=4,
@@ -89,18 +66,7 @@ FULL = dict(n_train=20000, n_forward=10000, hidden=256, num_blocks=4, train_step
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (the smoke test)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
-    for f in dataclasses.fields(Config):
-        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
-        p.add_argument("--" + f.name.replace("_", "-"), default=None, **kind,
-                       help=f"default {f.default} (--smoke: {SMOKE.get(f.name, '=')}, --full: {FULL.get(f.name, '=')})")
-    args = p.parse_args(argv)
-    cfg = dataclasses.replace(Config(), **(SMOKE if args.smoke else FULL if args.full else {}))
-    return dataclasses.replace(cfg, **{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                                       if getattr(args, f.name) is not None})
+    return config_from_args(Config, SMOKE, FULL, argv, doc=__doc__)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,10 +184,7 @@ def reverse_trajectories(key, sde, score_fn, x1, n_steps: int, t_min: float = 1e
 
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    print(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s): {jax.devices()[0].device_kind})")
+    out, t_start = start_run(cfg.out)
 
     key = jax.random.key(cfg.seed)
     key_data, key_ref, key_fwd, key_sample, key_ll, key_traj = jax.random.split(key, 6)
@@ -334,21 +297,12 @@ def main(argv=None) -> dict:
         save_figure(genjax.plots.training_curves({n: f.fit.history for n, f in fits.items()}, keys=["loss"]),
                     out / "training.png"),
     ]
-    summary["figures"] = [p.name for p in figures]
-    summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    write_summary(out, summary, "SDE basics: forward VP / VE, score model, samplers, likelihood")
-    print(f"wrote {len(figures)} figures and summary.json / summary.md to {out} in {summary['seconds']:.0f} s")
-    return summary
+    return finish_run(out, summary, figures, "SDE basics: forward VP / VE, score model, samplers, likelihood",
+                      t_start)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures and summary
-
-
-def _figure(**kwargs):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    return Figure(layout="constrained", **kwargs)
+# figures
 
 
 def _density_contours(ax, marginal: MixtureMarginal, t: float, lim: float):
@@ -360,7 +314,7 @@ def _density_contours(ax, marginal: MixtureMarginal, t: float, lim: float):
 
 
 def plot_forward(path, cfg, sdes, forward, means, times_shown):
-    fig = _figure(figsize=(3.0 * len(times_shown), 3.0 * len(sdes)))
+    fig = new_figure(figsize=(3.0 * len(times_shown), 3.0 * len(sdes)))
     axes = fig.subplots(len(sdes), len(times_shown), squeeze=False)
     for row, (name, sde) in enumerate(sdes.items()):
         grid, path_, _, closed = forward[name]
@@ -381,7 +335,7 @@ def plot_forward(path, cfg, sdes, forward, means, times_shown):
 
 
 def plot_marginals(path, sdes, forward):
-    fig = _figure(figsize=(5.0 * len(sdes), 3.6))
+    fig = new_figure(figsize=(5.0 * len(sdes), 3.6))
     axes = fig.subplots(1, len(sdes), squeeze=False)[0]
     for ax, (name, sde) in zip(axes, sdes.items(), strict=True):
         grid, _, simulated, closed = forward[name]
@@ -400,7 +354,7 @@ def plot_marginals(path, sdes, forward):
 
 
 def plot_score(path, summary, fits, sdes, means, cfg):
-    fig = _figure(figsize=(15, 4.2))
+    fig = new_figure(figsize=(15, 4.2))
     axes = fig.subplots(1, 3)
     ax = axes[0]
     for name in sdes:
@@ -433,7 +387,7 @@ def plot_score(path, summary, fits, sdes, means, cfg):
 def plot_samples(path, reference, samples, summary):
     names = list(samples)
     cols = ["data", *samples[names[0]]]
-    fig = _figure(figsize=(3.4 * len(cols), 3.4 * len(names)))
+    fig = new_figure(figsize=(3.4 * len(cols), 3.4 * len(names)))
     axes = fig.subplots(len(names), len(cols), squeeze=False)
     ref = np.asarray(reference)
     lim = float(np.abs(ref).max()) * 1.15
@@ -457,7 +411,7 @@ def plot_samples(path, reference, samples, summary):
 
 def plot_trajectories(path, trajectories, data, cfg):
     names = list(dict.fromkeys(k[0] for k in trajectories))
-    fig = _figure(figsize=(9, 4.2 * len(names)))
+    fig = new_figure(figsize=(9, 4.2 * len(names)))
     axes = fig.subplots(len(names), 2, squeeze=False)
     d = np.asarray(data)
     lim = float(np.abs(d).max()) * 1.4
@@ -475,24 +429,6 @@ def plot_trajectories(path, trajectories, data, cfg):
             ax.set_title(f"{name}: {'probability-flow ODE' if pf else 'reverse SDE'} paths, t = 1 -> 0",
                          fontsize="medium")
     return save_figure(fig, path)
-
-
-def write_summary(out: Path, summary: dict, title: str) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# {title}", "", f"backend: {summary['backend']}, {summary['seconds']} s", ""]
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if k in ("config", "figures"):
-                continue
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                lines.append(f"- {prefix}{k}: {v:.4g}" if isinstance(v, float) else f"- {prefix}{k}: {v}")
-
-    walk(summary)
-    lines += ["", "figures: " + ", ".join(summary["figures"]), ""]
-    (out / "summary.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from . import report as report
 from . import solvers as solvers
 from . import training as training
 from . import vae as vae
+from ._version import __version__ as __version__
 from .diffusion import VESDE as VESDE
 from .diffusion import VPSDE as VPSDE
 from .diffusion import SubVPSDE as SubVPSDE
@@ -71,8 +72,6 @@ from .solvers import sample_reverse_sde as sample_reverse_sde
 from .training import TrainConfig as TrainConfig
 from .training import fit as fit
 from .training import fit_field as fit_field
-
-__version__ = "0.1.0"
 
 # Names importable from ``genjax`` before the subpackages existed: ``name -> (subpackage, name there)``.
 _MOVED = {

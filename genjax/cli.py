@@ -27,7 +27,7 @@ def _parse_conditions(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"--condition expects KEY=VALUE, got {item!r}")
+            raise SystemExit(f"--condition expects KEY=VALUE; got {item!r}")
         k, v = item.split("=", 1)
         out[k] = v
     return out

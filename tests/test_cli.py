@@ -31,7 +31,7 @@ def test_train_generate_evaluate(h5ad):
     model = h5ad / "model"
     assert main(["train", "--data", str(h5ad / "data.h5ad"), "--out", str(model), "--condition-key", "cell_type",
                  "--prior-clusters", "3", *FAST]) == 0
-    assert (model / "generator.json").is_file()
+    assert (model / "model.json").is_file()
     assert genjax.LatentGenerator.load(model).prior_model.config()["net"]["n_categories"] == [3, 3]  # type, cluster
     out = h5ad / "gen.h5ad"
     assert main(["generate", "--model", str(model), "--n", "40", "--out", str(out),
@@ -60,7 +60,7 @@ def test_errors_name_the_problem(h5ad, capsys):
 def test_demo_on_a_subsample(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--n-cells", "300", *FAST]) == 0
-    for f in ("report.md", "generated.h5ad", "summary.json", "model/generator.json"):
+    for f in ("report.md", "generated.h5ad", "summary.json", "model/model.json"):
         assert (out / f).exists(), f
     summary = json.loads((out / "summary.json").read_text())
     assert np.isfinite(summary["energy_distance"]) and np.isfinite(summary["energy_distance_control"])

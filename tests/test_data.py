@@ -1,6 +1,7 @@
 """Data layer: validation names the offending cell and gene, registry encoding and its errors, batch sources."""
 
 import anndata as ad
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -141,9 +142,9 @@ def test_ell_and_lfact_reconstruct_the_rows(rng):
     np.testing.assert_allclose(data.lfact, gammaln(x.astype(np.float64) + 1).sum(1), rtol=1e-6)
     big = CountData(sp.csr_matrix(x), np.log(x.sum(1)), np.zeros((25, 0)), np.zeros((25, 0)), nonzeros=2)
     b = big.batch(np.arange(25))
-    assert big.k == max(1, int((x > 2).sum(1).max())) and "nz_idx" not in b
+    assert big.k == max(1, int((x > 2).sum(1).max())) and b.nonzero is None
     back = np.zeros_like(x)
-    np.add.at(back, (np.repeat(np.arange(25), big.k), b["nzl_idx"].ravel()), b["nzl_val"].ravel())
+    np.add.at(back, (np.repeat(np.arange(25), big.k), b.large.idx.ravel()), b.large.val.ravel())
     np.testing.assert_array_equal(back, np.where(x > 2, x, 0))
 
 
@@ -160,13 +161,16 @@ def test_dense_csr_and_backed_sources_give_identical_batches(rng, tmp_path):
     disk = CountData(genjax.get_matrix(backed), *args, sparse_fields=True, nonzeros=0)
     rows = np.array([12, 3, 29, 0, 7])
     src_dense = dense.source()
-    assert isinstance(src_dense, dict) and not dense.host
+    assert isinstance(src_dense, genjax.data.CountBatch) and not dense.host
     for data in (csr, disk):
         src = data.source()
         assert isinstance(src, genjax.HostSource) and src.n == 30
         got = src.fetch(rows)
-        for k, v in got.items():
-            np.testing.assert_array_equal(v, src_dense[k][rows], err_msg=k)
+        expected = jax.tree.map(lambda a: a[rows], src_dense)
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        for path, v in jax.tree_util.tree_leaves_with_path(got):
+            np.testing.assert_array_equal(v, dict(jax.tree_util.tree_leaves_with_path(expected))[path],
+                                          err_msg=jax.tree_util.keystr(path))
     sub = csr.source(np.array([5, 6, 7]))
-    np.testing.assert_array_equal(sub.fetch(np.array([2, 0]))["x"], x[[7, 5]])
+    np.testing.assert_array_equal(sub.fetch(np.array([2, 0])).x, x[[7, 5]])
     backed.file.close()

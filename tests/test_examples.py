@@ -31,6 +31,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _load(name: str):
+    """Import ``examples/<name>.py`` as a module. Its folder goes first on ``sys.path`` as when Python runs the
+    script, so its ``from common import ...`` finds ``examples/common.py``."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"genjax_example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve the Config annotations through sys.modules

@@ -1,7 +1,7 @@
 """The folder tree is the architecture: lower layers never import higher ones, and no file takes another file's
 ``_underscore`` name. Walks the source with ``ast`` (nothing is imported), so it also sees function-local imports.
 
-Layers, lowest first (``genjax/<folder>``): shared base modules (``_typing``, ``_checks``) -> data -> likelihoods
+Layers, lowest first (``genjax/<folder>``): shared base modules (``_typing``, ``_checks``, ``_version``) -> data -> likelihoods
 -> nn -> {vae, diffusion, flow} (peers: none imports another) -> fields -> solvers -> training -> models ->
 evaluation -> the interface (``cli``, the package ``__init__`` and the alias modules ``genjax.metrics``, ...).
 """
@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "genjax"
 LAYERS = {
-    "_typing": 0, "_checks": 0,
+    "_typing": 0, "_checks": 0, "_version": 0,
     "data": 1,
     "likelihoods": 2,
     "nn": 3,

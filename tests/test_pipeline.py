@@ -143,10 +143,10 @@ def test_prior_clusters_without_conditions(tmp_path, data):
     gen = genjax.LatentGenerator(data, space="log1p", prior_clusters=3, prior_kwargs=SMALL_PRIOR)
     gen.fit(prior_steps=600, progress=False)
     types = np.asarray(data.obs["cell_type"])
-    purity = sum(np.unique(types[gen._cluster == c], return_counts=True)[1].max() for c in range(3)) / len(types)
+    purity = sum(np.unique(types[gen.cell_clusters == c], return_counts=True)[1].max() for c in range(3)) / len(types)
     assert purity >= 0.9
     points = (gen.prior_data() - gen._shift) / gen._scale
-    centres = np.stack([points[gen._cluster == c].mean(0) for c in range(3)])
+    centres = np.stack([points[gen.cell_clusters == c].mean(0) for c in range(3)])
     for c in range(3):  # requested clusters land at their centres (real points: 100%), sharper with guidance
         for w, floor in ((None, 0.8), (2.0, 0.95)):
             z = (gen.sample_latent(60, seed=c, cluster=np.full(60, c), guidance=w) - gen._shift) / gen._scale
@@ -156,7 +156,7 @@ def test_prior_clusters_without_conditions(tmp_path, data):
     assert out.shape == (40, data.n_vars) and list(out.obs.columns) == ["library_size"]
     gen.save(tmp_path / "clustered")
     loaded = genjax.LatentGenerator.load(tmp_path / "clustered")
-    np.testing.assert_array_equal(loaded._cluster, gen._cluster)
+    np.testing.assert_array_equal(loaded.cell_clusters, gen.cell_clusters)
     np.testing.assert_array_equal(np.asarray(loaded.generate(40, seed=5).X), np.asarray(out.X))
     with pytest.raises(ValueError, match="fit_vae=False needs a fitted VAE"):
         genjax.LatentGenerator(data, vae_kwargs=SMALL_VAE).fit(fit_vae=False, progress=False)
@@ -167,3 +167,29 @@ def test_prior_clusters_without_conditions(tmp_path, data):
     for bad in (-1, 2.5, True, data.n_obs + 1):
         with pytest.raises(ValueError, match="prior_clusters"):
             genjax.LatentGenerator(data, space="log1p", prior_clusters=bad)
+
+
+def test_loads_a_generator_saved_by_the_earlier_format(tmp_path, generator):
+    """A folder written by genjax <= 0.1 (generator.json, options["library"], prior config with "kind", an SDE as
+    {"type": ...} and FieldNet's earlier names) loads and generates exactly what the current format does."""
+    import json
+
+    generator.save(tmp_path / "new")
+    old = tmp_path / "old"
+    generator.save(old)
+    meta = json.loads((old / "model.json").read_text())
+    meta["options"]["library"] = meta["options"].pop("library_sizes")
+    prior = meta["prior"]
+    prior["kind"] = prior.pop("family")
+    prior["sde"]["type"] = prior["sde"].pop("name")
+    prior["net"] = {{"n_hidden": "hidden", "n_layers": "num_blocks", "n_categories": "num_classes"}[k]: v
+                    for k, v in prior["net"].items()}
+    (old / "generator.json").write_text(json.dumps(meta))
+    (old / "model.json").unlink()
+    loaded = genjax.LatentGenerator.load(old)
+    assert loaded.prior_model.config() == genjax.LatentGenerator.load(tmp_path / "new").prior_model.config()
+    a = genjax.LatentGenerator.load(tmp_path / "new").generate(20, seed=5)
+    b = loaded.generate(20, seed=5)
+    np.testing.assert_array_equal(a.X, b.X)
+    assert list(b.obs_names[:2]) == ["gen-0", "gen-1"]
+    np.testing.assert_array_equal(b.obs["library_size"], np.rint(b.obs["library_size"]))

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from scipy.special import gammaln
 
 import genjax
-from genjax.data import padded_entries
+from genjax.data import CountBatch, PaddedEntries, padded_entries
 from genjax.likelihoods import SMALL, fast_count_log_lik, small_count_histogram, small_count_tables
 from genjax.vae import gaussian_kl
 
@@ -30,23 +30,23 @@ def test_fused_count_loss_equals_public_log_prob(rng, likelihood):
     x[1, :10] = np.arange(10)  # every small count of the table route
     idx, val = padded_entries(x, int((x > 0).sum(1).max()))
     big_idx, big_val = padded_entries(x, int((x > SMALL).sum(1).max()), SMALL)
-    batch = {"x": jnp.asarray(x), "lfact": jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32),
-             "nz_idx": jnp.asarray(idx), "nz_val": jnp.asarray(val)}
-    table_batch = {"x": batch["x"], "lfact": batch["lfact"], "nzl_idx": jnp.asarray(big_idx),
-                   "nzl_val": jnp.asarray(big_val)}
+    lfact = jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32)
+    batch = CountBatch(jnp.asarray(x), jnp.zeros(b), lfact=lfact, nonzero=PaddedEntries(idx, val))
+    table_batch = CountBatch(batch.x, batch.log_lib, lfact=lfact, large=PaddedEntries(big_idx, big_val))
     log_mu = jnp.asarray(rng.normal(0.5, 2.0, (b, g)), jnp.float32)
     log_theta = jnp.asarray(rng.uniform(-4, 12, (g,)), jnp.float32)  # theta from 0.02 to 1.6e5
     zi = jnp.asarray(rng.normal(0, 1.5, (b, g)), jnp.float32)
     w = jnp.asarray(rng.normal(size=b), jnp.float32)  # a random cotangent per cell
 
     def fused(lm, lt, z, b=batch):
-        return fast_count_log_lik(likelihood, b["x"], {"log_mu": lm, "log_theta": lt, "zi_logits": z}, b)
+        return fast_count_log_lik(b.x, lm, b.lfact, log_theta=None if likelihood == "poisson" else lt,
+                                  zi_logits=z if likelihood == "zinb" else None, nonzero=b.nonzero, large=b.large)
 
     def fused_table(lm, lt, z):  # gene-wise theta: small counts from the per-gene table
         return fused(lm, lt, z, table_batch)
 
     def public(lm, lt, z):
-        xx = batch["x"]
+        xx = batch.x
         if likelihood == "nb":
             lp = genjax.nb_log_prob_log(xx, lm, lt)
         elif likelihood == "zinb":
@@ -83,29 +83,31 @@ def test_split_loss_total_equals_public_log_prob(rng, likelihood):
     x[0, 1] = 900.0
     x[1, :10] = np.arange(10)
     big_idx, big_val = padded_entries(x, int((x > SMALL).sum(1).max()), SMALL)
-    batch = {"x": jnp.asarray(x), "lfact": jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1), jnp.float32),
-             "nzl_idx": jnp.asarray(big_idx), "nzl_val": jnp.asarray(big_val)}
+    batch = CountBatch(jnp.asarray(x), jnp.zeros(b), lfact=jnp.asarray(gammaln(x.astype(np.float64) + 1).sum(1),
+                                                                        jnp.float32),
+                       large=PaddedEntries(big_idx, big_val))
+    zi_of = (lambda z: z) if likelihood == "zinb" else (lambda z: None)
     log_mu = jnp.asarray(rng.normal(0.5, 2.0, (b, g)), jnp.float32)
     log_theta = jnp.asarray(rng.uniform(-4, 12, (g,)), jnp.float32)
     zi = jnp.asarray(rng.normal(0, 1.5, (b, g)), jnp.float32)
 
     def split_total(lm, lt, z):
-        per_cell, shared = fast_count_log_lik(likelihood, batch["x"], {"log_mu": lm, "log_theta": lt,
-                                                                       "zi_logits": z}, batch, split=True)
+        per_cell, shared = fast_count_log_lik(batch.x, lm, batch.lfact, log_theta=lt, zi_logits=zi_of(z),
+                                              large=batch.large, split=True)
         return jnp.sum(per_cell) + shared
 
     def public_total(lm, lt, z):
         if likelihood == "nb":
-            return jnp.sum(genjax.nb_log_prob_log(batch["x"], lm, lt))
-        return jnp.sum(genjax.zinb_log_prob_log(batch["x"], lm, lt, z))
+            return jnp.sum(genjax.nb_log_prob_log(batch.x, lm, lt))
+        return jnp.sum(genjax.zinb_log_prob_log(batch.x, lm, lt, z))
 
     v1, g1 = jax.jit(jax.value_and_grad(split_total, argnums=(0, 1, 2)))(log_mu, log_theta, zi)
     v2, g2 = jax.jit(jax.value_and_grad(public_total, argnums=(0, 1, 2)))(log_mu, log_theta, zi)
     np.testing.assert_allclose(v1, v2, rtol=2e-6)
     for a, c, name in zip(g1, g2, ("log_mu", "log_theta", "zi_logits"), strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4 * (1 + float(jnp.max(jnp.abs(c)))), err_msg=name)
-    per_cell, shared = fast_count_log_lik(likelihood, batch["x"], {"log_mu": log_mu, "log_theta": log_theta,
-                                                                   "zi_logits": zi}, batch, split=True)
+    per_cell, shared = fast_count_log_lik(batch.x, log_mu, batch.lfact, log_theta=log_theta, zi_logits=zi_of(zi),
+                                          large=batch.large, split=True)
     assert float(shared) != 0.0  # the histogram route was taken (P(v, theta) != 0 for v >= 2)
 
 
@@ -250,7 +252,7 @@ def test_latent_and_posterior_predictive(cvae, syn):
     # conditional prior: posterior means of each type sit near that type's prior mean
     fns = cvae.functions()
     codes = cvae.encode_conditions(N_TYPES, cell_type=[f"type_{t}" for t in range(N_TYPES)])
-    pm, _ = fns.prior(cvae.params, jnp.asarray(codes))
+    pm, _ = fns.prior(cvae.params, cvae.condition(codes))
     types = syn.obs["cell_type"].cat.codes.to_numpy()
     for t in range(N_TYPES):
         d = np.linalg.norm(z[types == t].mean(0)[None] - np.asarray(pm), axis=1)
@@ -268,12 +270,12 @@ def test_pure_functions_round_trip(cvae, syn):
 
     @jax.jit
     def run(params, b):
-        enc = fns.encode(params, b["x"], b["cat"])
-        return enc, fns.decode(params, enc["z_mean"], b["log_lib"], b["cat"])
+        enc = fns.encode(params, b.x, b.cond)
+        return enc, fns.decode(params, enc["z_mean"], b.log_lib, b.cond)
 
     enc, out = run(cvae.params, b)
     np.testing.assert_allclose(enc["z_mean"], cvae.latent(syn[:8]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.exp(out["log_mu"]).sum(1), np.exp(b["log_lib"]), rtol=1e-4)
+    np.testing.assert_allclose(np.exp(out["log_mu"]).sum(1), np.exp(b.log_lib), rtol=1e-4)
     np.testing.assert_allclose(np.exp(out["log_scale"]), cvae.normalized_expression(syn[:8]), rtol=1e-5)
 
 
@@ -376,8 +378,8 @@ def test_zinb_fits_excess_zeros_that_nb_cannot(rng):
     m = fits["zinb"]
     b = m.batch(rows=np.arange(200))
     fns = m.functions()
-    enc = fns.encode(m.params, b["x"])
-    out = fns.decode(m.params, enc["z_mean"], jnp.asarray(b["log_lib"]))
+    enc = fns.encode(m.params, b.x)
+    out = fns.decode(m.params, enc["z_mean"], jnp.asarray(b.log_lib))
     pi = float(jnp.mean(jax.nn.sigmoid(out["zi_logits"])))
     assert 0.25 < pi < 0.55, pi  # the fitted zero-inflation probability is near the 40% that was added
 
@@ -465,8 +467,8 @@ def test_training_loss_equals_the_per_cell_negative_elbo(cvae):
     """make_vae_loss / make_vae_eval_loss (split small-count total) == the mean of the exact per-cell terms."""
     from genjax.vae import make_vae_eval_loss, make_vae_loss, vae_elbo_terms
 
-    batch = jax.tree.map(jnp.asarray, cvae._data_for(None).batch(np.arange(64)))
-    assert "nzl_idx" in batch  # the gene-dispersion NB route, where the histogram total applies
+    batch = jax.tree.map(jnp.asarray, cvae.batch(rows=np.arange(64)))
+    assert batch.large is not None  # the gene-dispersion NB route, where the histogram total applies
     key = jax.random.key(3)
     loss, aux = jax.jit(make_vae_loss(cvae.module))(cvae.params, batch, key, jnp.asarray(10**6))
     t = vae_elbo_terms(cvae.module, cvae.params, batch, key)

@@ -3,16 +3,22 @@ minibatches, host side and before any compute.
 
 * matrices: :func:`get_matrix`, :func:`validate_counts`, :func:`row_sums` (``_matrix.py``);
 * what a model was trained on: :class:`DataRegistry` (``_registry.py``);
-* encoded arrays and batches: :class:`CountData` (``_batch.py``);
+* encoded arrays and typed batches: :class:`CountData`, :class:`CountBatch` (``_batch.py``);
 * data that stays on the host: :class:`HostSource` (``_source.py``);
+* conditions of cells and points: :class:`Condition`, :func:`check_condition` (``_condition.py``);
 * seeded splits: :func:`split_indices`, :func:`stratified_split` (``_split.py``);
 * data sets: :mod:`genjax.data.datasets` (bundled PBMC3k, synthetic generators with known truth).
 """
 
 from . import datasets as datasets
+from ._batch import CountBatch as CountBatch
 from ._batch import CountData as CountData
+from ._batch import PaddedEntries as PaddedEntries
 from ._batch import padded_entries as padded_entries
 from ._cluster import kmeans_labels as kmeans_labels
+from ._condition import NULL_LABEL as NULL_LABEL
+from ._condition import Condition as Condition
+from ._condition import check_condition as check_condition
 from ._matrix import get_matrix as get_matrix
 from ._matrix import row_sums as row_sums
 from ._matrix import validate_counts as validate_counts

@@ -1,34 +1,66 @@
-"""The encoded arrays of one data set and the minibatches cut from them for the count VAE.
+"""The encoded arrays of one data set, and the typed minibatch (:class:`CountBatch`) cut from them for the count
+VAE.
 
-A batch is a dict of arrays with a leading ``cells`` axis, the contract with the model losses:
-
-``x``        (cells, genes) float32: counts (or real values for a Gaussian likelihood)
-``log_lib``  (cells,) float32: log library size, ``log sum_g x`` (or the log of a given size factor)
-``cat``      (cells, n_conditions) int32: category codes, present when there are categorical conditions
-``cont``     (cells, n_continuous) float32: standardised continuous covariates, present when there are any
-``lfact``    (cells,) float32: ``sum_g lgamma(x + 1)``, the parameter-free part of every count log-likelihood
-``nz_idx``   (cells, K) int32 and ``nz_val`` (cells, K) float32: the non-zero entries of each row (gene index and
-             count), padded with index 0 / count 0 to the data set's largest number of non-zeros per row ``K``
-             (the fast NB / ZINB losses evaluate the count-only special functions on these entries only)
-``nzl_idx``, ``nzl_val``: the same for the entries above a threshold only (the fast NB / ZINB losses with
-             gene-wise dispersion handle small counts with a per-gene table)
-
-Every field is indexed by rows only, so the same layout works for on-device gathering, host fetching, ``pmap``
-sharding and streaming from disk. :class:`CountData` hands out the *training data* of :func:`genjax.fit`: a dict
-of arrays kept on the device (dense input), or a :class:`~genjax.data.HostSource` that densifies only the rows of
-one dispatch (CSR or backed input).
+A :class:`CountBatch` is a pytree (a ``NamedTuple``) whose every field has a leading ``cells`` axis and is indexed by
+rows only, so the same batch works for on-device gathering, host fetching, ``pmap`` sharding and streaming from
+disk. The optional fields are the precomputed parts of the fused count losses (:mod:`genjax.likelihoods`): a batch
+built for a model carries exactly the fields its loss reads, and :class:`CountData` decides which from the model's
+settings. :class:`CountData` hands out the *training data* of :func:`genjax.fit`: a batch of arrays kept on the
+device (dense input), or a :class:`~genjax.data.HostSource` that densifies only the rows of one dispatch (CSR or
+backed input).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import gammaln
 
+from .._typing import Array, Float, Int
+from ._condition import Condition
 from ._matrix import dense, row_chunks, take_rows
 from ._source import HostSource
 
-__all__ = ["CountData", "padded_entries"]
+__all__ = ["CountData", "CountBatch", "PaddedEntries", "padded_entries"]
+
+
+class PaddedEntries(NamedTuple):
+    """Selected entries of each row (cell), padded to a common length ``K`` with index 0 / count 0.
+
+    Fields:
+        idx: int32 ``(cells, K)`` gene indices.
+        val: float32 ``(cells, K)`` counts (0 marks padding).
+    """
+
+    idx: Int[Array, "cells K"]
+    val: Float[Array, "cells K"]
+
+
+class CountBatch(NamedTuple):
+    """A minibatch of cells for the count VAE (a pytree; ``None`` fields are absent).
+
+    Fields:
+        x: float32 ``(cells, genes)``: counts (or real values for a Gaussian likelihood).
+        log_lib: float32 ``(cells,)``: log library size, ``log sum_g x`` (or the log of a given size factor).
+        cond: a :class:`~genjax.data.Condition` with the category codes of the model's conditions
+            (``labels``, int32 ``(cells, n_conditions)``) and its standardised continuous covariates
+            (``covariates``, ``(cells, n_continuous)``), or ``None`` without conditions.
+        lfact: float32 ``(cells,)``: ``sum_g lgamma(x + 1)``, the parameter-free part of every count
+            log-likelihood; present when the fused count loss is used.
+        nonzero: every non-zero entry of each row (:class:`PaddedEntries`), for the fused NB / ZINB loss with
+            per-cell or per-category dispersion (the count-only special functions are evaluated there only).
+        large: the entries above :data:`genjax.likelihoods.SMALL` only, for the fused NB / ZINB loss with gene-wise
+            dispersion (smaller counts come from a per-gene table).
+    """
+
+    x: Float[Array, "cells genes"]
+    log_lib: Float[Array, " cells"]
+    cond: Condition | None = None
+    lfact: Float[Array, " cells"] | None = None
+    nonzero: PaddedEntries | None = None
+    large: PaddedEntries | None = None
 
 
 def padded_entries(block, k: int, above: float = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +93,9 @@ class CountData:
         log_lib: (cells,) log library sizes.
         cat: (cells, n_conditions) int32 codes; cont: (cells, n_continuous) float32.
         gene_order: column indices (from :meth:`DataRegistry.gene_order`) or ``None``.
-        sparse_fields: also provide ``lfact`` (for the fast count losses).
-        nonzeros: also provide the padded lists of entries ``> nonzeros``: ``nz_idx`` / ``nz_val`` for 0 (all
-            non-zeros), ``nzl_idx`` / ``nzl_val`` for a positive threshold. ``None``: neither.
+        sparse_fields: also provide ``lfact`` (for the fused count losses).
+        nonzeros: also provide the padded lists of entries ``> nonzeros``: :attr:`CountBatch.nonzero` for 0 (all
+            non-zeros), :attr:`CountBatch.large` for a positive threshold. ``None``: neither.
 
     The matrix is only referenced, never densified whole unless it is dense already.
     """
@@ -98,31 +130,36 @@ class CountData:
         """True when rows are fetched on the host (sparse or backed input)."""
         return not isinstance(self.X, np.ndarray)
 
-    def _fields(self, rows) -> dict[str, np.ndarray]:
-        """The batch dict for ``rows`` (an int array or a slice)."""
+    def condition(self, rows) -> Condition | None:
+        """The :class:`Condition` of ``rows``: category codes as ``labels``, standardised covariates as
+        ``covariates``; ``None`` when the data set has neither."""
+        labels = self.cat[rows] if self.cat.shape[1] else None
+        covariates = self.cont[rows] if self.cont.shape[1] else None
+        return None if labels is None and covariates is None else Condition(labels, covariates)
+
+    def _fields(self, rows) -> CountBatch:
+        """The batch of ``rows`` (an int array or a slice), numpy arrays."""
         block = take_rows(self.X, rows)
         if self.gene_order is not None:
             block = block[:, self.gene_order]
-        out = {"x": dense(block), "log_lib": self.log_lib[rows]}
-        if self.cat.shape[1]:
-            out["cat"] = self.cat[rows]
-        if self.cont.shape[1]:
-            out["cont"] = self.cont[rows]
-        if self.sparse_fields:
-            out["lfact"] = self.lfact[rows]
+        listed = None
         if self.nonzeros is not None:
-            prefix = "nz" if self.nonzeros == 0 else "nzl"
-            out[f"{prefix}_idx"], out[f"{prefix}_val"] = padded_entries(block, self.k, self.nonzeros)
-        return out
+            listed = PaddedEntries(*padded_entries(block, self.k, self.nonzeros))
+        return CountBatch(
+            x=dense(block), log_lib=self.log_lib[rows], cond=self.condition(rows),
+            lfact=self.lfact[rows] if self.sparse_fields else None,
+            nonzero=listed if self.nonzeros == 0 else None,
+            large=listed if self.nonzeros else None,
+        )
 
-    def batch(self, rows) -> dict[str, np.ndarray]:
-        """The batch dict (numpy) of the given rows (int array, in that order)."""
+    def batch(self, rows) -> CountBatch:
+        """The :class:`CountBatch` (numpy arrays) of the given rows (int array, in that order)."""
         return self._fields(np.asarray(rows, np.int64))
 
     def source(self, rows: np.ndarray | None = None):
         """Training data for :func:`genjax.fit` restricted to ``rows`` (default: all).
 
-        Dense input: a dict of numpy arrays (moved to the device once by ``fit``). Sparse or backed input: a
+        Dense input: a :class:`CountBatch` of numpy arrays (moved to the device once by ``fit``). Sparse or backed input: a
         :class:`genjax.HostSource` whose ``fetch`` densifies only the requested rows.
         """
         rows = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
@@ -131,7 +168,7 @@ class CountData:
         return HostSource(len(rows), lambda r: self._fields(rows[np.asarray(r, np.int64)]))
 
     def iter_batches(self, batch_size: int, rows: np.ndarray | None = None):
-        """Yield ``(rows, batch dict)`` over ``rows`` (default all) in order, for inference."""
+        """Yield ``(rows, CountBatch)`` over ``rows`` (default all) in order, for inference."""
         rows = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
         for start in range(0, len(rows), batch_size):
             r = rows[start:start + batch_size]

@@ -52,7 +52,7 @@ def get_matrix(adata, layer: str | None = None):
     elif not sp.issparse(X) and not is_backed(X):
         X = np.asarray(X)
     if len(X.shape) != 2:
-        raise ValueError(f"expression matrix must be 2-D (cells x genes), got shape {X.shape}")
+        raise ValueError(f"expression matrix must be 2-D (cells x genes); got shape {X.shape}")
     return X
 
 

@@ -27,7 +27,7 @@ class HostSource:
 
     def __init__(self, n: int, fetch: Callable[[np.ndarray], Any]):
         if int(n) < 1:
-            raise ValueError(f"HostSource needs at least one example, got n={n}")
+            raise ValueError(f"HostSource needs at least one example; got n={n}")
         self.n = int(n)
         self.fetch = fetch
 

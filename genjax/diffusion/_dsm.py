@@ -41,18 +41,10 @@ def check_dsm_options(parameterisation: Parameterisation, weighting: Weighting, 
 
 
 def dsm_loss(
-    key: PRNGKeyArray,
-    apply_fn: Callable[..., Array],
-    sde: AbstractSDE,
-    x0: Array,
-    *,
-    cond: Any = None,
-    parameterisation: Parameterisation = "eps",
-    weighting: Weighting = "sigma2",
-    reduction: Reduction = "mean",
-    time_sampling: TimeSampling = "stratified",
-    importance_sampling: bool = True,
-    t_min: float = 1e-5,
+    key: PRNGKeyArray, apply_fn: Callable[..., Array], sde: AbstractSDE, x0: Array, *, cond: Any = None,
+    parameterisation: Parameterisation = "eps", weighting: Weighting = "sigma2",
+    reduction: Reduction = "mean", time_sampling: TimeSampling = "stratified",
+    importance_sampling: bool = True, t_min: float = 1e-5
 ) -> tuple[Array, dict[str, Array]]:
     """Continuous-time denoising score matching (Song et al. 2021, eq. 7) for one batch.
 
@@ -103,16 +95,10 @@ def dsm_loss(
 
 
 def make_dsm_loss(
-    model: Any,
-    sde: AbstractSDE,
-    *,
-    parameterisation: Parameterisation = "eps",
-    weighting: Weighting = "sigma2",
-    reduction: Reduction = "mean",
-    time_sampling: TimeSampling = "stratified",
-    importance_sampling: bool = True,
-    t_min: float = 1e-5,
-    cond_dropout: float = 0.0,
+    model: Any, sde: AbstractSDE, *, parameterisation: Parameterisation = "eps",
+    weighting: Weighting = "sigma2", reduction: Reduction = "mean",
+    time_sampling: TimeSampling = "stratified", importance_sampling: bool = True, t_min: float = 1e-5,
+    cond_dropout: float = 0.0
 ) -> Callable[[Params, Any, PRNGKeyArray, Array], tuple[Array, dict]]:
     """Denoising score matching as ``loss_fn(params, batch, key, step) -> (loss, aux)`` for :func:`genjax.fit`.
 

@@ -129,4 +129,4 @@ def make_schedule(schedule: str | Schedule, beta_min: float, beta_max: float) ->
         return LinearSchedule(beta_min, beta_max)
     if schedule == "cosine":
         return CosineSchedule()
-    raise ValueError(f"schedule must be 'linear', 'cosine' or a Schedule instance; got {schedule!r}")
+    raise ValueError(f"schedule must be one of ('linear', 'cosine') or a Schedule instance; got {schedule!r}")

@@ -201,7 +201,26 @@ def _softplus_inv_log(lam: Array) -> Array:
     return jax.nn.softplus(lam)
 
 
-class VPSDE(AbstractSDE):
+class AbstractVPFamilySDE(AbstractSDE):
+    """The SDEs driven by a noise schedule ``beta(t)`` (VP and sub-VP): ``f(t) = -beta(t) / 2``, ``alpha(t) =
+    exp(-B(t) / 2)``, prior ``N(0, I)``; subclasses give ``sigma(t)`` and ``g(t)``."""
+
+    schedule: Schedule
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule: str | Schedule = "linear"):
+        self.schedule = make_schedule(schedule, beta_min, beta_max)
+
+    def log_alpha(self, t):
+        return -0.5 * self.schedule.integral(t)
+
+    def drift_coeff(self, t):
+        return -0.5 * self.schedule.beta(t)
+
+    def prior_std(self):
+        return 1.0
+
+
+class VPSDE(AbstractVPFamilySDE):
     """Variance-preserving SDE ``dx = -beta(t)/2 x dt + sqrt(beta(t)) dW`` (Song et al. 2021, eq. 11; DDPM's limit).
 
     ``x_t | x0 ~ N(exp(-B(t)/2) x0, (1 - exp(-B(t))) I)``; prior ``N(0, I)``.
@@ -215,25 +234,11 @@ class VPSDE(AbstractSDE):
         ValueError: on an unknown schedule name or invalid rates.
     """
 
-    schedule: Schedule
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule: str | Schedule = "linear"):
-        self.schedule = make_schedule(schedule, beta_min, beta_max)
-
-    def log_alpha(self, t):
-        return -0.5 * self.schedule.integral(t)
-
     def std(self, t):
         return jnp.sqrt(-jnp.expm1(-self.schedule.integral(t)))
 
-    def drift_coeff(self, t):
-        return -0.5 * self.schedule.beta(t)
-
     def diffusion(self, t):
         return jnp.sqrt(self.schedule.beta(t))
-
-    def prior_std(self):
-        return 1.0
 
     def _iw_cumulative(self, t):
         # g^2/sigma^2 = beta / (1 - e^{-B}) = d/dt log(e^B - 1).
@@ -243,7 +248,7 @@ class VPSDE(AbstractSDE):
         return self.schedule.inverse_integral(_softplus_inv_log(lam))
 
 
-class SubVPSDE(AbstractSDE):
+class SubVPSDE(AbstractVPFamilySDE):
     """Sub-VP SDE ``dx = -beta/2 x dt + sqrt(beta (1 - exp(-2 B(t)))) dW`` (Song et al. 2021, eq. 12).
 
     ``x_t | x0 ~ N(exp(-B(t)/2) x0, (1 - exp(-B(t)))^2 I)``: the variance is bounded by the VP one at every ``t``;
@@ -253,25 +258,11 @@ class SubVPSDE(AbstractSDE):
         beta_min, beta_max, schedule: as :class:`VPSDE`.
     """
 
-    schedule: Schedule
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, schedule: str | Schedule = "linear"):
-        self.schedule = make_schedule(schedule, beta_min, beta_max)
-
-    def log_alpha(self, t):
-        return -0.5 * self.schedule.integral(t)
-
     def std(self, t):
         return -jnp.expm1(-self.schedule.integral(t))
 
-    def drift_coeff(self, t):
-        return -0.5 * self.schedule.beta(t)
-
     def diffusion(self, t):
         return jnp.sqrt(-self.schedule.beta(t) * jnp.expm1(-2.0 * self.schedule.integral(t)))
-
-    def prior_std(self):
-        return 1.0
 
     def _iw_cumulative(self, t):
         # g^2/sigma^2 = beta (1 + e^{-B}) / (1 - e^{-B}) = beta coth(B/2) = d/dt 2 log sinh(B/2);

@@ -336,7 +336,7 @@ def pca_fit(
         key = jax.random.key(0 if key is None else key) if key is None or isinstance(key, int) else key
         s, vt = _pca_randomized(key, x, rank, n_iter)
     else:
-        raise ValueError(f"method must be 'auto', 'exact' or 'randomized'; got {method!r}")
+        raise ValueError(f"method must be one of ('auto', 'exact', 'randomized'); got {method!r}")
     # post-processing on the host (eager JAX ops would compile once per shape)
     s, vt = np.asarray(s[:n_components]), _fix_signs(np.asarray(vt[:n_components]))
     xh = np.asarray(x)

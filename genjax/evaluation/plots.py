@@ -211,7 +211,7 @@ def _coords(ev: Evaluation, method: str, seed: int) -> tuple[dict[str, np.ndarra
         reducer = umap.UMAP(random_state=seed, n_components=2).fit(ev.real.pcs)
         return {n: reducer.embedding_ if n == "real" else reducer.transform(s.pcs)
                 for n, s in sets.items()}, ("UMAP1", "UMAP2")
-    raise ValueError(f"method must be 'pca', 'umap' or 'auto'; got {method!r}")
+    raise ValueError(f"method must be one of ('pca', 'umap', 'auto'); got {method!r}")
 
 
 def _condition_colors(ev: Evaluation) -> dict[str, tuple]:

@@ -21,17 +21,9 @@ __all__ = ["cfm_loss", "make_flow_loss", "check_flow_options"]
 
 
 def cfm_loss(
-    key: PRNGKeyArray,
-    apply_fn: Callable[..., Array],
-    path: AbstractPath,
-    x: Array,
-    *,
-    cond: Any = None,
-    coupling: Coupling = "independent",
-    groups: Array | None = None,
-    ot_method: OTMethod = "host",
-    time_sampling: TimeSampling = "stratified",
-    reduction: Reduction = "mean",
+    key: PRNGKeyArray, apply_fn: Callable[..., Array], path: AbstractPath, x: Array, *, cond: Any = None,
+    coupling: Coupling = "independent", groups: Array | None = None, ot_method: OTMethod = "host",
+    time_sampling: TimeSampling = "stratified", reduction: Reduction = "mean"
 ) -> tuple[Array, dict[str, Array]]:
     """Conditional flow matching loss for one batch (Lipman et al. 2023, eq. 9).
 
@@ -88,14 +80,9 @@ def check_flow_options(path: AbstractPath, coupling: Coupling, ot_method: OTMeth
 
 
 def make_flow_loss(
-    model: Any,
-    path: AbstractPath | None = None,
-    *,
-    coupling: Coupling = "independent",
-    ot_method: OTMethod = "host",
-    time_sampling: TimeSampling = "stratified",
-    reduction: Reduction = "mean",
-    cond_dropout: float = 0.0,
+    model: Any, path: AbstractPath | None = None, *, coupling: Coupling = "independent",
+    ot_method: OTMethod = "host", time_sampling: TimeSampling = "stratified", reduction: Reduction = "mean",
+    cond_dropout: float = 0.0
 ) -> Callable[[Params, Any, PRNGKeyArray, Array], tuple[Array, dict]]:
     """Conditional flow matching as ``loss_fn(params, batch, key, step) -> (loss, aux)`` for :func:`genjax.fit`.
 
@@ -105,14 +92,13 @@ def make_flow_loss(
         coupling, ot_method, time_sampling, reduction: see :func:`cfm_loss`. With ``"ot"`` and a conditional
             batch, noise is matched within groups of identical labels (:func:`condition_groups`, before condition
             dropout).
-        cond_dropout: probability of replacing each attribute / covariate by its null token
-            (:func:`genjax.nn.drop_condition`), to train the unconditional branch for classifier-free guidance.
+        cond_dropout: as :func:`genjax.diffusion.make_dsm_loss` (condition dropout for classifier-free guidance).
 
     Returns:
-        ``loss_fn``; ``batch`` is an array ``x: (b, d)`` or a dict ``{"x": (b, d), "cond": Condition}``.
+        ``loss_fn(params, batch, key, step)`` with a batch ``x: (b, d)`` or ``{"x": (b, d), "cond": Condition}``.
 
     Raises:
-        ValueError: on invalid options (checked here, before any compute).
+        ValueError: an invalid path or option value, checked here before any compute.
     """
     path = LinearPath() if path is None else path
     check_flow_options(path, coupling, ot_method, time_sampling, reduction, cond_dropout)

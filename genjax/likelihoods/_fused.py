@@ -15,9 +15,9 @@ only where it is needed:
   ``T[g, v] = P(v, theta_g)`` for ``v = 1..SMALL`` (genes x 8 values, and its derivative) is computed once per step
   and each entry with ``1 <= x <= SMALL`` (98% of the non-zeros) picks its value by a chain of selects inside the
   same pass as ``D``: no special function, gather or scatter per entry, and one reduction over cells for the
-  gradient. The rare larger counts come as a padded list per cell (``nzl_idx`` / ``nzl_val``) and are evaluated
+  gradient. The rare larger counts come as a padded list per cell (``large``) and are evaluated
   directly.
-* ``theta`` per cell (or per category): ``P`` on the padded list of all non-zeros (``nz_idx`` / ``nz_val``).
+* ``theta`` per cell (or per category): ``P`` on the padded list of all non-zeros (``nonzero``).
 
 The training and validation losses weigh every cell of a batch equally, so they only need the *batch total* of the
 small-count part, ``sum_{g, v} H[g, v] T[g, v]`` with the histogram ``H[g, v] = #{cells : x = v}`` of the batch
@@ -47,7 +47,7 @@ __all__ = ["SMALL", "fast_count_log_lik", "small_count_histogram", "small_count_
            "pochhammer_part", "nb_dense_small_part", "small_count_total"]
 
 SMALL = 8
-"""Counts ``1..SMALL`` use the per-gene table; larger ones the padded list ``nzl_*`` (see the module docstring)."""
+"""Counts ``1..SMALL`` use the per-gene table; larger ones the padded list ``large`` (see the module docstring)."""
 
 
 @jax.custom_vjp
@@ -232,18 +232,21 @@ def _total_bwd(res, ct):
 small_count_total.defvjp(_total_fwd, _total_bwd)
 
 
-def fast_count_log_lik(likelihood: str, x: Array, out: dict[str, Array], batch: dict[str, Array], *,
-                       split: bool = False):
-    """``sum_g log p(x_g | ...)`` per cell (cells,) for ``likelihood`` in nb / zinb / poisson.
+def fast_count_log_lik(x: Array, log_mu: Array, lfact: Array, *, log_theta: Array | None = None,
+                       zi_logits: Array | None = None, nonzero=None, large=None, split: bool = False):
+    """``sum_g log p(x_g | ...)`` per cell (cells,): Poisson(``mu``), NB(``mu``, ``theta``) or, with ``zi_logits``,
+    ZINB; the same values as the public log-pmfs with fewer special functions.
 
     Arguments:
-        likelihood: ``"nb"``, ``"zinb"`` or ``"poisson"``.
         x: counts (cells, genes).
-        out: decoder outputs ``log_mu`` (cells, genes), ``log_theta`` (genes,) or (cells, genes), ``zi_logits``.
-        batch: with ``lfact`` (cells,) = ``sum_g lgamma(x + 1)`` and, for NB / ZINB, either the large counts
-            ``nzl_idx`` / ``nzl_val`` (gene-wise ``theta``) or all non-zeros ``nz_idx`` / ``nz_val`` (cells, K),
-            padded with count 0.
-
+        log_mu: log of the mean (cells, genes).
+        lfact: (cells,) ``sum_g lgamma(x + 1)`` of the batch (a constant of the data).
+        log_theta: log inverse dispersion, (genes,) or broadcastable against (cells, genes); ``None``: Poisson.
+        zi_logits: zero-inflation logits (cells, genes) for ZINB, or ``None``.
+        nonzero: ``(idx, val)`` (cells, K): every non-zero entry of each row, padded with count 0 (NB / ZINB with
+            any ``log_theta``).
+        large: ``(idx, val)``: the entries above :data:`SMALL` only (NB / ZINB with gene-wise ``log_theta``,
+            whose counts ``1..SMALL`` come from the per-gene table); used in preference to ``nonzero``.
         split: return ``(per_cell, total)`` where ``per_cell`` leaves out the small-count part ``P`` (counts
             ``1..SMALL``, gene-wise ``theta`` only) and the scalar ``total`` is its sum over the batch, so that
             ``sum(per_cell) + total`` is the batch total of the log-likelihood. ``total`` is 0 where there is no
@@ -251,30 +254,35 @@ def fast_count_log_lik(likelihood: str, x: Array, out: dict[str, Array], batch: 
 
     Returns:
         float32 (cells,), or the pair above. Equal to the sum of the public log-pmfs up to float32 rounding.
+
+    Raises:
+        ValueError: NB / ZINB without the entries its dispersion needs.
     """
-    log_mu = out["log_mu"]
-    if likelihood == "poisson":
-        per_cell = jnp.sum(x * log_mu - jnp.exp(log_mu), axis=-1) - batch["lfact"]
+    if log_theta is None:
+        per_cell = jnp.sum(x * log_mu - jnp.exp(log_mu), axis=-1) - lfact
         return (per_cell, jnp.zeros((), per_cell.dtype)) if split else per_cell
-    log_theta = out["log_theta"]
     shared = None
-    if log_theta.ndim == 1 and "nzl_idx" in batch and split:  # P for x <= SMALL as one batch total
+    if log_theta.ndim == 1 and large is not None:
+        idx, val = large
+        if split:  # P for x <= SMALL as one batch total
+            d = nb_dense_part(x, log_mu, log_theta)
+            shared = small_count_total(small_count_histogram(x), log_theta)
+        else:  # gene-wise theta: small counts from the per-gene table, in the same pass as D
+            d = nb_dense_small_part(x, log_mu, log_theta)
+        p = _ell_pochhammer(val, idx, log_theta)
+    elif nonzero is not None:
+        idx, val = nonzero
         d = nb_dense_part(x, log_mu, log_theta)
-        shared = small_count_total(small_count_histogram(x), log_theta)
-        p = _ell_pochhammer(batch["nzl_val"], batch["nzl_idx"], log_theta)
-    elif log_theta.ndim == 1 and "nzl_idx" in batch:  # gene-wise theta: small counts from the per-gene table
-        d = nb_dense_small_part(x, log_mu, log_theta)  # D + P for x <= SMALL (0 at x = 0)
-        p = _ell_pochhammer(batch["nzl_val"], batch["nzl_idx"], log_theta)
+        p = _ell_pochhammer(val, idx, jnp.broadcast_to(log_theta, x.shape))
     else:
-        d = nb_dense_part(x, log_mu, log_theta)
-        p = _ell_pochhammer(batch["nz_val"], batch["nz_idx"], jnp.broadcast_to(log_theta, x.shape))
-    if likelihood == "nb":
-        per_cell = jnp.sum(d, axis=-1) + p - batch["lfact"]
+        raise ValueError("fast_count_log_lik: NB / ZINB need the non-zero entries (nonzero=...), or with gene-wise "
+                         "log_theta the entries above SMALL (large=...)")
+    if zi_logits is None:
+        per_cell = jnp.sum(d, axis=-1) + p - lfact
     else:
-        zi = out["zi_logits"]
         # zero entries: log(pi + (1 - pi) NB(0)) = logaddexp(zi, D) - softplus(zi); non-zero: log(1 - pi) + log NB
-        mixed = jnp.where(x == 0, jnp.logaddexp(zi, d), d) - jax.nn.softplus(zi)
-        per_cell = jnp.sum(mixed, axis=-1) + p - batch["lfact"]
+        mixed = jnp.where(x == 0, jnp.logaddexp(zi_logits, d), d) - jax.nn.softplus(zi_logits)
+        per_cell = jnp.sum(mixed, axis=-1) + p - lfact
     if split:
         return per_cell, (jnp.zeros((), per_cell.dtype) if shared is None else shared)
     return per_cell

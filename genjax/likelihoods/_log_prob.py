@@ -47,7 +47,7 @@ from ._special import (
     stirlerr,
     stirlerr_count,
 )
-from ._validation import as_float, float_dtype, invalid_mask, validate_args_if
+from ._validation import checked, masked_kernel
 
 __all__ = [
     "nb_log_prob",
@@ -194,18 +194,10 @@ def nb_log_prob(x: ArrayLike, mu: ArrayLike, theta: ArrayLike, *, validate_args:
         ValueError: for concrete inputs with negative, non-integer, NaN or infinite counts, ``mu < 0``,
             ``theta <= 0`` or non-finite parameters, naming the argument, the value and its index.
     """
-    validate_args_if(validate_args, "nb_log_prob", x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"))
-    return _nb_kernel(*as_float(float_dtype(x, mu, theta), x, mu, theta))
+    return checked(_nb_kernel, "nb_log_prob", validate_args,
+                   x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"))
 
 
-# The kernels are jitted so that eager calls run one fused computation (and compile once per shape) instead of
-# dispatching ~100 primitives; inside a caller's jit they are inlined.
-@jax.jit
-def _nb_kernel(x, mu, theta):
-    x, mu, theta = as_float(float_dtype(x, mu, theta), x, mu, theta)
-    lp = _nb_lp(x, mu, theta)
-    bad = invalid_mask(x, (mu >= 0) & (mu < jnp.inf), (theta > 0) & (theta < jnp.inf))
-    return jnp.where(bad, jnp.nan, lp)
 
 
 def nb_log_prob_log(
@@ -231,22 +223,10 @@ def nb_log_prob_log(
     Raises:
         ValueError: for concrete invalid input (bad counts, NaN / +inf ``log_mu``, non-finite ``log_theta``).
     """
-    validate_args_if(
-        validate_args,
-        "nb_log_prob_log",
-        x=(x, "counts"),
-        log_mu=(log_mu, "log_mean"),
-        log_theta=(log_theta, "real"),
-    )
-    return _nb_log_kernel(*as_float(float_dtype(x, log_mu, log_theta), x, log_mu, log_theta))
+    return checked(_nb_log_kernel, "nb_log_prob_log", validate_args,
+                   x=(x, "counts"), log_mu=(log_mu, "log_mean"), log_theta=(log_theta, "real"))
 
 
-@jax.jit
-def _nb_log_kernel(x, log_mu, log_theta):
-    x, log_mu, log_theta = as_float(float_dtype(x, log_mu, log_theta), x, log_mu, log_theta)
-    lp = _nb_lp_log(x, log_mu, log_theta)
-    bad = invalid_mask(x, ~jnp.isnan(log_mu) & (log_mu < jnp.inf), jnp.isfinite(log_theta))
-    return jnp.where(bad, jnp.nan, lp)
 
 
 def _zero_inflate(x, nb_lp, zi_logits):
@@ -316,59 +296,36 @@ def zinb_log_prob(
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    validate_args_if(
-        validate_args,
-        "zinb_log_prob",
-        x=(x, "counts"),
-        mu=(mu, "mean"),
-        theta=(theta, "positive"),
-        zi_logits=(zi_logits, "real"),
-    )
-    return _zinb_kernel(*as_float(float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits))
+    return checked(_zinb_kernel, "zinb_log_prob", validate_args,
+                   x=(x, "counts"), mu=(mu, "mean"), theta=(theta, "positive"), zi_logits=(zi_logits, "real"))
 
 
-@jax.jit
-def _zinb_kernel(x, mu, theta, zi_logits):
-    x, mu, theta, zi_logits = as_float(float_dtype(x, mu, theta, zi_logits), x, mu, theta, zi_logits)
-    return _zero_inflate(x, _nb_kernel(x, mu, theta), zi_logits)
 
 
 def zinb_log_prob_log(
     x: ArrayLike, log_mu: ArrayLike, log_theta: ArrayLike, zi_logits: ArrayLike, *, validate_args: bool = True
 ) -> Array:
-    """Zero-inflated negative binomial log-pmf from ``log_mu``, ``log_theta`` and ``zi_logits`` (decoder outputs).
+    """Zero-inflated negative binomial log-pmf from ``log_mu``, ``log_theta`` and ``zi_logits`` (decoder outputs):
+    :func:`zinb_log_prob` with ``mu = exp(log_mu)``, ``theta = exp(log_theta)``, accurate where ``exp`` would
+    underflow (as :func:`nb_log_prob_log`).
 
     Arguments:
-        x: counts, non-negative integers; broadcastable with the parameters.
         log_mu: log of the NB mean, real (``-inf`` means ``mu = 0``).
         log_theta: log of the NB inverse dispersion, finite.
-        zi_logits: logits of the zero-inflation probability, finite.
-        validate_args: check concrete inputs on the host (default); ignored under tracing.
+        x, zi_logits, validate_args: as :func:`zinb_log_prob`.
 
     Returns:
-        The log-pmf, broadcast shape, float32 (float64 for float64 input); NaN under ``jit`` for invalid input.
+        The log-pmf as :func:`zinb_log_prob` returns it.
 
     Raises:
-        ValueError: for concrete invalid input, naming the argument, the value and its index.
+        ValueError: for concrete invalid input (bad counts, NaN / +inf ``log_mu``, non-finite ``log_theta`` or
+            ``zi_logits``), naming the argument, the value and its index.
     """
-    validate_args_if(
-        validate_args,
-        "zinb_log_prob_log",
-        x=(x, "counts"),
-        log_mu=(log_mu, "log_mean"),
-        log_theta=(log_theta, "real"),
-        zi_logits=(zi_logits, "real"),
-    )
-    return _zinb_log_kernel(
-        *as_float(float_dtype(x, log_mu, log_theta, zi_logits), x, log_mu, log_theta, zi_logits)
-    )
+    return checked(_zinb_log_kernel, "zinb_log_prob_log", validate_args,
+                   x=(x, "counts"), log_mu=(log_mu, "log_mean"), log_theta=(log_theta, "real"),
+                   zi_logits=(zi_logits, "real"))
 
 
-@jax.jit
-def _zinb_log_kernel(x, log_mu, log_theta, zi_logits):
-    dtype = float_dtype(x, log_mu, log_theta, zi_logits)
-    x, log_mu, log_theta, zi_logits = as_float(dtype, x, log_mu, log_theta, zi_logits)
-    return _zero_inflate(x, _nb_log_kernel(x, log_mu, log_theta), zi_logits)
 
 
 def _poisson_parts(x, rate, log_x_over_rate):
@@ -435,15 +392,9 @@ def poisson_log_prob(x: ArrayLike, rate: ArrayLike, *, validate_args: bool = Tru
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    validate_args_if(validate_args, "poisson_log_prob", x=(x, "counts"), rate=(rate, "mean"))
-    return _poisson_kernel(*as_float(float_dtype(x, rate), x, rate))
+    return checked(_poisson_kernel, "poisson_log_prob", validate_args, x=(x, "counts"), rate=(rate, "mean"))
 
 
-@jax.jit
-def _poisson_kernel(x, rate):
-    x, rate = as_float(float_dtype(x, rate), x, rate)
-    lp = _poisson_lp(x, rate)
-    return jnp.where(invalid_mask(x, (rate >= 0) & (rate < jnp.inf)), jnp.nan, lp)
 
 
 def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bool = True) -> Array:
@@ -460,13 +411,23 @@ def poisson_log_prob_log(x: ArrayLike, log_rate: ArrayLike, *, validate_args: bo
     Raises:
         ValueError: for concrete invalid input, naming the argument, the value and its index.
     """
-    validate_args_if(validate_args, "poisson_log_prob_log", x=(x, "counts"), log_rate=(log_rate, "log_mean"))
-    return _poisson_log_kernel(*as_float(float_dtype(x, log_rate), x, log_rate))
+    return checked(_poisson_log_kernel, "poisson_log_prob_log", validate_args,
+                   x=(x, "counts"), log_rate=(log_rate, "log_mean"))
 
 
-@jax.jit
-def _poisson_log_kernel(x, log_rate):
-    x, log_rate = as_float(float_dtype(x, log_rate), x, log_rate)
-    lp = _poisson_lp_log(x, log_rate)
-    return jnp.where(invalid_mask(x, ~jnp.isnan(log_rate) & (log_rate < jnp.inf)), jnp.nan, lp)
+def _zinb_lp(x, mu, theta, zi_logits):
+    """log ZINB from the NB log-pmf, for valid inputs."""
+    return _zero_inflate(x, _nb_lp(x, mu, theta), zi_logits)
 
+
+def _zinb_lp_log(x, log_mu, log_theta, zi_logits):
+    """log ZINB from the NB log-pmf in log-parameters, for valid inputs."""
+    return _zero_inflate(x, _nb_lp_log(x, log_mu, log_theta), zi_logits)
+
+
+_nb_kernel = masked_kernel(_nb_lp, "mean", "positive")
+_nb_log_kernel = masked_kernel(_nb_lp_log, "log_mean", "real")
+_zinb_kernel = masked_kernel(_zinb_lp, "mean", "positive", "real")
+_zinb_log_kernel = masked_kernel(_zinb_lp_log, "log_mean", "real", "real")
+_poisson_kernel = masked_kernel(_poisson_lp, "mean")
+_poisson_log_kernel = masked_kernel(_poisson_lp_log, "log_mean")

@@ -14,7 +14,8 @@ import numpy as np
 
 from .._typing import ArrayLike
 
-__all__ = ["float_dtype", "as_float", "is_concrete", "RULES", "check_args", "validate_args_if", "invalid_mask"]
+__all__ = ["float_dtype", "as_float", "is_concrete", "RULES", "check_args", "validate_args_if", "invalid_mask",
+           "checked", "VALID", "masked_kernel"]
 
 
 def float_dtype(*args) -> jnp.dtype:
@@ -76,3 +77,35 @@ def invalid_mask(x, *param_conditions):
     for ok in param_conditions:
         bad = bad | ~ok
     return bad
+
+
+# kind: the same requirement as RULES, as a traced predicate for valid values (NaN-aware)
+VALID = {
+    "mean": lambda a: (a >= 0) & (a < jnp.inf),
+    "positive": lambda a: (a > 0) & (a < jnp.inf),
+    "real": jnp.isfinite,
+    "log_mean": lambda a: ~jnp.isnan(a) & (a < jnp.inf),
+}
+
+
+def masked_kernel(log_pmf, *kinds: str):
+    """A jitted ``kernel(x, *params)``: ``log_pmf(x, *params)`` with NaN wherever the counts are not non-negative
+    integers or a parameter is not of its kind (:data:`VALID`); eager calls then run one fused computation
+    (compiled once per shape) instead of dispatching ~100 primitives, and inside a caller's jit it is inlined."""
+
+    @jax.jit
+    def kernel(x, *params):
+        ok = [VALID[kind](p) for kind, p in zip(kinds, params, strict=True)]
+        return jnp.where(invalid_mask(x, *ok), jnp.nan, log_pmf(x, *params))
+
+    return kernel
+
+
+def checked(kernel, fn_name: str, validate_args: bool, **named: tuple[ArrayLike, str]):
+    """The body of every public likelihood function: check ``named`` (``name=(value, kind)``, see
+    :func:`check_args`) when ``validate_args`` and the values are concrete, then call the jitted ``kernel`` on the
+    values cast to their common float dtype (one compilation per dtype and shapes, whatever mix of Python scalars,
+    integer counts and arrays the caller passes)."""
+    validate_args_if(validate_args, fn_name, **named)
+    values = [value for value, _ in named.values()]
+    return kernel(*as_float(float_dtype(*values), *values))

@@ -54,6 +54,23 @@ def _symmetric_pair(keys, it, shape, dtype):
     return u[0], u[1]
 
 
+def _rejection_loop(keys, shape, dtype, finished, propose):
+    """Batched rejection sampling in one ``lax.while_loop``: each round draws two uniforms on (-1, 1) per element
+    and ``propose(u1, u2) -> (accept, value)``; an element keeps the value of its first accepted round (elements
+    ``finished`` from the start keep 0). Stops when all are done or after ``_MAX_ITERATIONS`` rounds."""
+
+    def cond(state):
+        done, _, it = state
+        return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
+
+    def body(state):
+        done, out, it = state
+        accept, value = propose(*_symmetric_pair(keys, it, shape, dtype))
+        return done | accept, jnp.where(~done & accept, value, out), it + 1
+
+    return lax.while_loop(cond, body, (finished, jnp.zeros(shape, dtype), jnp.int32(0)))[1]
+
+
 def log_gamma_variates(keys, alpha, u_boost):
     """``log G`` with ``G ~ Gamma(alpha, 1)``, elementwise; ``alpha`` gives the shape and dtype.
 
@@ -69,23 +86,15 @@ def log_gamma_variates(keys, alpha, u_boost):
     d = a - 1.0 / 3.0
     c = lax.rsqrt(9.0 * d)
 
-    def cond(state):
-        done, _, it = state
-        return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
-
-    def body(state):
-        done, log_v, it = state
-        u_normal, u_accept = _symmetric_pair(keys, it, shape, dtype)
+    def propose(u_normal, u_accept):
         x = jnp.sqrt(2.0).astype(dtype) * lax.erf_inv(u_normal)  # standard normal
         log_u = jnp.log(0.5 * (u_accept + 1.0))  # uniform on (0, 1)
         cx = c * x
         w = 3.0 * jnp.log1p(jnp.maximum(cx, -0.5))  # log v, v = (1 + c x)^3; only read where cx > -1
         # accept when log u < x^2 / 2 + d (1 - v + log v) = x^2 / 2 - d (expm1(w) - w)
-        accept = (cx > -1.0) & (log_u < 0.5 * x * x - d * _expm1_minus_x(w))
-        log_v = jnp.where(~done & accept, w, log_v)
-        return done | accept, log_v, it + 1
+        return (cx > -1.0) & (log_u < 0.5 * x * x - d * _expm1_minus_x(w)), w
 
-    _, log_v, _ = lax.while_loop(cond, body, (~valid, jnp.zeros(shape, dtype), jnp.int32(0)))
+    log_v = _rejection_loop(keys, shape, dtype, ~valid, propose)
     log_g = jnp.log(d) + log_v
     log_boost = jnp.log(u_boost) / jnp.where(boost, alpha, 1.0)
     log_g = jnp.where(boost, log_g + log_boost, log_g)
@@ -141,13 +150,7 @@ def poisson_variates(keys, rate, u):
     log_inv_alpha = jnp.log(1.1239 + 1.1328 / (b - 3.4))
     v_r = 0.9277 - 3.6224 / (b - 2.0)
 
-    def cond_large(state):
-        done, _, it = state
-        return jnp.logical_and(~jnp.all(done), it < _MAX_ITERATIONS)
-
-    def body_large(state):
-        done, k_out, it = state
-        u_sym, v_sym = _symmetric_pair(keys, it, shape, dtype)
+    def propose(u_sym, v_sym):
         u = 0.5 * u_sym  # uniform on (-1/2, 1/2)
         v = 0.5 * (v_sym + 1.0)  # uniform on (0, 1)
         us = 0.5 - jnp.abs(u)
@@ -155,11 +158,9 @@ def poisson_variates(keys, rate, u):
         quick = (us >= 0.07) & (v <= v_r)
         reject = (k < 0) | ((us < 0.013) & (v > us))
         log_lhs = jnp.log(v) + log_inv_alpha - jnp.log(a / (us * us) + b)
-        accept = quick | (~reject & (log_lhs <= _poisson_log_pmf(jnp.maximum(k, 0.0), rate_large, log_rate)))
-        k_out = jnp.where(~done & accept, k, k_out)
-        return done | accept, k_out, it + 1
+        return quick | (~reject & (log_lhs <= _poisson_log_pmf(jnp.maximum(k, 0.0), rate_large, log_rate))), k
 
-    _, k_large, _ = lax.while_loop(cond_large, body_large, (~large, jnp.zeros(shape, dtype), jnp.int32(0)))
+    k_large = _rejection_loop(keys, shape, dtype, ~large, propose)
     return jnp.where(valid, jnp.where(small, k_small, k_large), jnp.nan)
 
 

@@ -18,36 +18,27 @@ token per attribute; condition dropout during training makes classifier-free gui
 
 from __future__ import annotations
 
-import json
-import warnings
+import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import nn as gnn
-from ..data import DataRegistry, get_matrix, kmeans_labels, row_sums, validate_counts
-from ..training import atomic_directory, load_pytree, save_pytree
+from .._checks import as_list, check_choice, check_int, check_range
+from .._typing import LibrarySizes, PriorFamily, Space
+from ..data import Condition, DataRegistry, get_matrix, kmeans_labels, row_sums, validate_counts
+from ..vae import vae_decode, vae_sample_counts
+from ._base import SavedModel, TrainingCells, cached_jit, generated_obs
 from ._latent_prior import AbstractLatentPrior, fit_prior, load_prior, sample_prior
 from ._vae import VAE
 
 __all__ = ["LatentGenerator"]
 
-_FORMAT = "genjax.LatentGenerator/1"
-SPACES = ("latent", "log1p")
-LIBRARIES = ("empirical", "lognormal")
 
 
-def _as_list(v) -> list[str]:
-    if v is None:
-        return []
-    return [v] if isinstance(v, str) else list(v)
-
-
-class LatentGenerator:
+class LatentGenerator(SavedModel):
     """Generate realistic count cells, by condition: a VAE plus a diffusion or flow prior on its latents.
 
     Arguments:
@@ -59,7 +50,7 @@ class LatentGenerator:
         space: ``"latent"`` (default) or ``"log1p"`` (the direct baseline, no VAE).
         decoder_conditions: also give the conditions to the VAE decoder (default ``True``): the latent then
             carries within-condition variation and the decoder the condition's expression programme.
-        library: library sizes of generated cells: ``"empirical"`` (drawn from training cells with the same
+        library_sizes: library sizes of generated cells: ``"empirical"`` (drawn from training cells with the same
             conditions, default) or ``"lognormal"`` (a log-normal fitted per condition combination).
         cond_dropout: probability of nulling each condition during prior training (classifier-free guidance).
         prior_clusters: if ``k > 0``, the prior is also conditioned on ``k`` k-means clusters of the standardised
@@ -76,26 +67,24 @@ class LatentGenerator:
         ValueError / KeyError: as :class:`genjax.VAE` for bad data, missing keys or bad option values.
     """
 
+    format_tag = "genjax.LatentGenerator/1"
+    legacy_meta_files = ("generator.json",)
+
     def __init__(self, adata, likelihood: str = "nb", prior: str = "diffusion",
                  conditions: Sequence[str] | str | None = None, layer: str | None = None, *,
-                 space: str = "latent", decoder_conditions: bool = True, library: str = "empirical",
+                 space: str = "latent", decoder_conditions: bool = True, library_sizes: str = "empirical",
                  cond_dropout: float = 0.1, prior_clusters: int = 0, vae_kwargs: dict | None = None,
                  prior_kwargs: dict | None = None, target_sum: float = 1e4, seed: int = 0):
-        if space not in SPACES:
-            raise ValueError(f"space must be one of {SPACES}; got {space!r}")
-        if library not in LIBRARIES:
-            raise ValueError(f"library must be one of {LIBRARIES}; got {library!r}")
-        if prior not in ("diffusion", "flow"):
-            raise ValueError(f"prior must be 'diffusion' or 'flow'; got {prior!r}")
-        if not 0.0 <= cond_dropout < 1.0:
-            raise ValueError(f"cond_dropout must be in [0, 1); got {cond_dropout}")
-        if isinstance(prior_clusters, bool) or int(prior_clusters) != prior_clusters or prior_clusters < 0:
-            raise ValueError(f"prior_clusters must be an integer >= 0; got {prior_clusters!r}")
+        check_choice("space", space, Space)
+        check_choice("library_sizes", library_sizes, LibrarySizes)
+        check_choice("prior", prior, PriorFamily)
+        check_range("cond_dropout", cond_dropout, low=0.0, high=1.0, high_open=True)
+        prior_clusters = check_int("prior_clusters", prior_clusters, low=0)
         if prior_clusters > adata.n_obs:
             raise ValueError(f"prior_clusters={prior_clusters} is more than the {adata.n_obs} training cells")
-        conditions = _as_list(conditions)
+        conditions = as_list(conditions)
         self.options = dict(likelihood=likelihood, prior=prior, conditions=conditions, layer=layer, space=space,
-                            decoder_conditions=bool(decoder_conditions), library=library,
+                            decoder_conditions=bool(decoder_conditions), library_sizes=library_sizes,
                             cond_dropout=float(cond_dropout), prior_clusters=int(prior_clusters),
                             vae_kwargs=dict(vae_kwargs or {}),
                             prior_kwargs=dict(prior_kwargs or {}), target_sum=float(target_sum), seed=int(seed))
@@ -104,8 +93,11 @@ class LatentGenerator:
         X = get_matrix(adata, layer)
         validate_counts(X, obs_names=adata.obs_names, var_names=adata.var_names, counts=True,
                         what="adata.X" if layer is None else f"adata.layers[{layer!r}]")
-        self._cat = self.registry.encode_conditions(adata).astype(np.int32)  # (cells, n_conditions)
-        self._log_lib = np.log(row_sums(X)).astype(np.float32)
+        # what generation draws library sizes and unrequested conditions from (and, with prior_clusters, the
+        # k-means cluster of each training cell, set by fit)
+        self.training_cells = TrainingCells(self.registry.encode_conditions(adata).astype(np.int32),
+                                            np.zeros((adata.n_obs, 0), np.float32),
+                                            np.log(row_sums(X)).astype(np.float32))
         self.vae: VAE | None = None
         if space == "latent":
             self.vae = VAE(adata, likelihood=likelihood, conditions=conditions if decoder_conditions else None,
@@ -113,7 +105,6 @@ class LatentGenerator:
         self.prior_model: AbstractLatentPrior | None = None
         self._shift = self._scale = None  # standardisation of the prior's space
         self._log1p_max = None  # largest training value of the log1p space (generation clips there)
-        self._cluster: np.ndarray | None = None  # (cells,) k-means cluster of each training cell (prior_clusters)
         self.history: dict[str, list] = {}
 
     @property
@@ -130,8 +121,9 @@ class LatentGenerator:
         return (f"LatentGenerator(space={o['space']!r}, prior={o['prior']!r}, likelihood={o['likelihood']!r}, "
                 f"conditions={o['conditions']}, genes={self.registry.n_genes}, fitted={self.prior_model is not None})")
 
-    def _condition(self, cat: np.ndarray) -> gnn.Condition | None:
-        return gnn.Condition(labels=jnp.asarray(cat, jnp.int32)) if cat.shape[1] else None
+    def _condition(self, cat: np.ndarray) -> Condition | None:
+        """The prior's :class:`~genjax.data.Condition` of category codes ``cat`` (cells, k), or ``None``."""
+        return Condition(labels=jnp.asarray(cat, jnp.int32)) if cat.shape[1] else None
 
     def _log1p_space(self, adata=None) -> np.ndarray:
         adata = self.adata if adata is None else adata
@@ -190,8 +182,8 @@ class LatentGenerator:
         z = (points - self._shift) / self._scale
         n_categories = tuple(len(c) for c in self.registry.conditions.values())
         k = self.options.get("prior_clusters", 0)
-        self._cluster = kmeans_labels(z, k, seed) if k else None
-        cond = self._condition(self._prior_cat(self._cat, self._cluster))
+        self.training_cells.cluster = kmeans_labels(z, k, seed) if k else None
+        cond = self._condition(self._prior_cat(self.training_cells.cat, self.training_cells.cluster))
         if k:
             n_categories = n_categories + (k,)
         self.prior_model, history = fit_prior(
@@ -218,28 +210,21 @@ class LatentGenerator:
 
         Conditions not given are drawn jointly with the library size from training cells that match the given
         ones, i.e. in training proportions.
+
+        Raises:
+            NoMatchingCellsError: no training cell has some requested combination of conditions.
         """
         codes = self.registry.encode_values(n, **conditions)  # (n, k); -1 where not given; raises on unknowns
-        rows = np.empty(n, np.int64)
-        patterns, inverse = np.unique(codes, axis=0, return_inverse=True)
-        for j, pattern in enumerate(patterns):  # one pool of matching training cells per requested pattern
-            given = pattern >= 0
-            pool = np.flatnonzero(np.all(self._cat[:, given] == pattern[given], axis=1))
-            if pool.size == 0:
-                wanted = {k: v for (k, v), g in zip(self.registry.decode_conditions(pattern[None]).items(), given,
-                                                      strict=True) if g}
-                raise ValueError(f"no training cell has the conditions {wanted}; cannot draw library sizes")
-            sel = np.flatnonzero(inverse.reshape(-1) == j)
-            rows[sel] = rng.choice(pool, size=sel.size, replace=True)
-        cat = np.where(codes >= 0, codes, self._cat[rows]).astype(np.int32)
-        if self.options["library"] == "empirical":
-            log_lib = self._log_lib[rows]
+        rows = self.training_cells.draw(codes, rng, self.registry)
+        cat = np.where(codes >= 0, codes, self.training_cells.cat[rows]).astype(np.int32)
+        if self.options["library_sizes"] == "empirical":
+            log_lib = self.training_cells.log_lib[rows]
         else:  # log-normal per drawn condition combination
             log_lib = np.empty(n, np.float32)
             combos, inverse = np.unique(cat, axis=0, return_inverse=True)
             for j, combo in enumerate(combos):
-                sel = np.all(self._cat == combo, axis=1)
-                ll = self._log_lib[sel] if sel.any() else self._log_lib
+                sel = np.all(self.training_cells.cat == combo, axis=1)
+                ll = self.training_cells.log_lib[sel] if sel.any() else self.training_cells.log_lib
                 m = inverse.reshape(-1) == j
                 log_lib[m] = rng.normal(ll.mean(), ll.std() + 1e-6, m.sum())
         return cat, log_lib.astype(np.float32), rows
@@ -263,10 +248,10 @@ class LatentGenerator:
             ``(n, dim)`` float32 numpy array.
         """
         self._require_fitted()
-        clustered = self._cluster is not None
+        clustered = self.training_cells.cluster is not None
         if clustered:
             if cluster is None:
-                cluster = self._cluster[np.random.default_rng(seed).integers(0, len(self._cluster), n)]
+                cluster = self.training_cells.cluster[np.random.default_rng(seed).integers(0, len(self.training_cells.cluster), n)]
             cluster = np.asarray(cluster)
             k = self.options["prior_clusters"]
             if (cluster.shape != (n,) or not np.issubdtype(cluster.dtype, np.integer)
@@ -315,13 +300,11 @@ class LatentGenerator:
         import pandas as pd
 
         self._require_fitted()
-        if int(n) < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        n = int(n)
+        n = check_int("n", n)
         rng = np.random.default_rng(seed)
         cat, log_lib, rows = self._draw_conditions(n, rng, conditions)
         key_z, key_x = jax.random.split(jax.random.key(seed))
-        cluster = None if self._cluster is None else self._cluster[rows]
+        cluster = None if self.training_cells.cluster is None else self.training_cells.cluster[rows]
         z = self.sample_latent(n, seed=int(jax.random.randint(key_z, (), 0, 2**31 - 1)), guidance=guidance,
                                cat=cat, cluster=cluster, **(sampler_kwargs or {}))
         if self.options["space"] == "latent":
@@ -331,68 +314,55 @@ class LatentGenerator:
             z = np.clip(z, 0.0, self._log1p_max)
             scaled = np.expm1(z) * (np.exp(log_lib)[:, None] / self.options["target_sum"])
             counts = np.round(scaled).astype(np.float32)
-        obs = pd.DataFrame({k: pd.Categorical.from_codes(cat[:, i], categories=list(cats))
-                            for i, (k, cats) in enumerate(self.registry.conditions.items())})
-        obs["library_size"] = np.exp(log_lib).astype(np.float32)
-        obs.index = [f"gen-{i}" for i in range(n)]
+        obs = generated_obs(self.registry, cat, None, log_lib)
         return ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=self.var_names))
 
     def _decode(self, z, log_lib, cat, key, batch_size):
+        """Counts (cells, genes) float32 drawn from the VAE decoder at latents ``z``, in jitted batches."""
         vae = self.vae
-        fns = vae.functions()
         use_cat = self.options["decoder_conditions"] and cat.shape[1] > 0
-        if "decode_sample" not in self.__dict__.setdefault("_jit", {}):
-            def decode_sample(params, z, log_lib, cat, key):
-                out = fns.decode(params, z, log_lib, cat if use_cat else None, None)
-                return fns.sample(key, out)
-            self._jit["decode_sample"] = jax.jit(decode_sample)
-        f = self._jit["decode_sample"]
+        f = cached_jit(vae.module, "decode-sample", functools.partial(_decode_sample, vae.module))
         parts = []
         for i, start in enumerate(range(0, len(z), batch_size)):
             sl = slice(start, start + batch_size)
-            parts.append(np.asarray(f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]),
-                                      jnp.asarray(cat[sl]), jax.random.fold_in(key, i))))
+            cond = vae.condition(cat[sl]) if use_cat else None
+            parts.append(np.asarray(f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), cond,
+                                      jax.random.fold_in(key, i))))
         return np.concatenate(parts).astype(np.float32)
 
+    @property
+    def cell_clusters(self) -> np.ndarray | None:
+        """The k-means cluster of each training cell (``prior_clusters > 0``, after :meth:`fit`), int32 (cells,)."""
+        return self.training_cells.cluster
+
     def save(self, path, *, overwrite: bool = True) -> None:
-        """Write the generator to the directory ``path`` atomically: ``vae/`` (a :class:`genjax.VAE`),
-        ``prior.msgpack`` (prior parameters), ``generator.json`` (settings, registry, standardisation) and
-        ``train_cells.msgpack`` (training conditions and library sizes that generation draws from)."""
+        """Write the generator to the folder ``path`` atomically: ``model.json`` (settings, registry,
+        standardisation, prior configuration, history), ``vae/`` (a :class:`genjax.VAE`), ``prior.msgpack`` (prior
+        parameters) and ``train_cells.msgpack`` (training conditions, library sizes and clusters that generation
+        draws from).
+
+        Raises:
+            RuntimeError: the generator is not fitted. FileExistsError: ``path`` exists and not ``overwrite``.
+        """
         self._require_fitted()
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True")
-        meta = {"format": _FORMAT, "options": self.options, "registry": self.registry.to_dict(),
-                "shift": self._shift.tolist(), "scale": self._scale.tolist(), "log1p_max": self._log1p_max,
-                "prior": self.prior_model.config(), "history": self.history}
-        with atomic_directory(path) as tmp:
-            if self.vae is not None:
-                self.vae.save(tmp / "vae")
-            save_pytree(tmp / "prior.msgpack", self.prior_model.params)
-            cells = {"cat": self._cat, "log_lib": self._log_lib}
-            if self._cluster is not None:
-                cells["cluster"] = self._cluster
-            save_pytree(tmp / "train_cells.msgpack", cells)
-            (tmp / "generator.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        super().save(path, overwrite=overwrite)
+
+    def _saved_state(self):
+        meta = {"options": self.options, "registry": self.registry.to_dict(), "shift": self._shift.tolist(),
+                "scale": self._scale.tolist(), "log1p_max": self._log1p_max, "prior": self.prior_model.config(),
+                "history": self.history}
+        arrays = {"prior": self.prior_model.params, "train_cells": self.training_cells.to_tree()}
+        return meta, arrays, ({} if self.vae is None else {"vae": self.vae})
 
     @classmethod
-    def load(cls, path) -> LatentGenerator:
-        """Read a generator written by :meth:`save` (no training data needed to generate)."""
-        path = Path(path)
-        meta_file = path / "generator.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no genjax LatentGenerator at {path} (missing generator.json)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} holds {meta.get('format')!r}, not a {_FORMAT} model")
+    def _from_saved(cls, path: Path, meta: dict, arrays) -> LatentGenerator:
         self = cls.__new__(cls)
-        self.options = meta["options"]
+        self.options = dict(meta["options"])
+        if "library" in self.options:  # saved by genjax <= 0.1
+            self.options["library_sizes"] = self.options.pop("library")
         self.adata = None
         self.registry = DataRegistry.from_dict(meta["registry"])
-        stats = load_pytree(path / "train_cells.msgpack")
-        self._log_lib = np.asarray(stats["log_lib"], np.float32)
-        self._cat = np.asarray(stats["cat"], np.int32).reshape(len(self._log_lib), len(self.registry.conditions))
-        self._cluster = np.asarray(stats["cluster"], np.int32) if "cluster" in stats else None
+        self.training_cells = TrainingCells.from_tree(arrays("train_cells"), len(self.registry.conditions), 0)
         self._shift = np.asarray(meta["shift"], np.float32)
         self._scale = np.asarray(meta["scale"], np.float32)
         self._log1p_max = meta["log1p_max"]
@@ -401,11 +371,17 @@ class LatentGenerator:
         self.history = meta["history"]
         return self
 
+    @classmethod
+    def load(cls, path) -> LatentGenerator:
+        """Read a generator written by :meth:`save` (no training data needed to generate; folders written by
+        genjax <= 0.1, with ``generator.json``, load too).
 
-def _json_default(o: Any):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    warnings.warn(f"cannot serialise {type(o).__name__} to JSON; stored as its repr", stacklevel=2)
-    return repr(o)
+        Raises:
+            FileNotFoundError: no generator at ``path``. ValueError: another kind of model or damaged files.
+        """
+        return super().load(path)
+
+
+def _decode_sample(module, params, z, log_lib, cond, key):
+    """Counts drawn from the VAE's observation model at latents ``z`` (cells, latent)."""
+    return vae_sample_counts(key, module, vae_decode(module, params, z, log_lib, cond))

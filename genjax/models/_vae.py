@@ -1,4 +1,4 @@
-"""``genjax.VAE``: the scverse-style model object over the pure VAE functions of :mod:`genjax._vae`.
+"""``genjax.VAE``: the scverse-style model object over the pure VAE functions of :mod:`genjax.vae`.
 
 Typical use::
 
@@ -9,18 +9,16 @@ Typical use::
     model.save("vae/"); model = genjax.VAE.load("vae/")
 
 Working with arrays directly (the latent generator, custom training loops): ``model.module`` is the Flax
-:class:`~genjax.VAEModule`, ``model.params`` its parameters, and ``model.functions()`` returns pure, jittable
+:class:`~genjax.vae.VAEModule`, ``model.params`` its parameters, and ``model.functions()`` returns pure, jittable
 functions of ``(params, arrays)`` (``encode``, ``decode``, ``prior``, ``sample``, ``loss``); ``model.batch(adata)``
-gives the batch dict of arrays and ``model.encode_conditions(n, **values)`` category codes.
+gives the :class:`~genjax.data.CountBatch` of a data set and ``model.condition(n, **values)`` the
+:class:`~genjax.data.Condition` of requested values.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,18 +27,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..data import CountData, DataRegistry, get_matrix, row_sums, split_indices, validate_counts
+from .._checks import check_int
+from ..data import (
+    Condition,
+    CountBatch,
+    CountData,
+    DataRegistry,
+    get_matrix,
+    row_sums,
+    split_indices,
+    validate_counts,
+)
 from ..likelihoods import SMALL
-from ..training import atomic_directory, load_pytree, save_pytree
 from ..training import fit as _fit
 from ..vae import (
-    VAE_DISPERSIONS,
-    VAE_LIKELIHOODS,
     VAEModule,
     draw_noise,
     dummy_batch,
     make_vae_eval_loss,
     make_vae_loss,
+    observation_model,
     vae_decode,
     vae_elbo_terms,
     vae_encode,
@@ -49,22 +55,21 @@ from ..vae import (
     vae_prior,
     vae_sample_counts,
 )
+from ._base import SavedModel, TrainingCells, cached_jit, generated_obs
+from ._vae_config import VAEConfig
 
-__all__ = ["VAE", "VAEFunctions"]
-
-_FORMAT = "genjax.VAE/1"
-_JIT_CACHE: dict = {}  # (VAEModule, name) -> jitted inference function
+__all__ = ["VAE", "VAEFunctions", "default_max_epochs"]
 
 
 class VAEFunctions(NamedTuple):
     """Pure, jittable functions of a VAE's parameters (``model.functions()``); arrays have a leading cells axis.
 
     Fields:
-        encode: ``encode(params, x, cat=None, cont=None) -> {"z_mean", "z_var"[, "l_mean", "l_var"]}``; ``x``
-            raw counts (cells, genes) (log1p is applied inside) or Gaussian data.
-        decode: ``decode(params, z, log_lib, cat=None, cont=None) -> {"log_scale", "log_mu", "log_theta", ...}``
-            (:meth:`VAEModule.decode`); ``log_lib`` (cells,) is the log library size.
-        prior: ``prior(params, cat=None, cont=None, n=None) -> (mean, var)`` of ``z``, each (cells, latent).
+        encode: ``encode(params, x, cond=None) -> {"z_mean", "z_var"[, "l_mean", "l_var"]}``; ``x`` raw counts
+            (cells, genes) (log1p is applied inside) or Gaussian data, ``cond`` a :class:`~genjax.data.Condition`.
+        decode: ``decode(params, z, log_lib, cond=None) -> {"log_scale", "log_mu", "log_theta", ...}``
+            (:meth:`~genjax.vae.VAEModule.decode`); ``log_lib`` (cells,) is the log library size.
+        prior: ``prior(params, cond=None, n=None) -> (mean, var)`` of ``z``, each (cells, latent).
         sample: ``sample(key, out) -> counts`` (cells, genes) drawn from decoder outputs ``out``.
         loss: ``loss(params, batch, key, step) -> (loss, aux)``, the training loss (negative ELBO with warm-up).
     """
@@ -76,13 +81,12 @@ class VAEFunctions(NamedTuple):
     loss: Any
 
 
-def _as_list(v) -> list[str]:
-    if v is None:
-        return []
-    return [v] if isinstance(v, str) else list(v)
+def default_max_epochs(n_cells: int) -> int:
+    """scvi-tools' default number of epochs: ``min(round(20000 / n_cells * 400), 400)``."""
+    return int(min(round(20000 / max(n_cells, 1) * 400), 400))
 
 
-class VAE:
+class VAE(SavedModel):
     """A (conditional) count VAE on an ``AnnData``: scvi-tools' SCVI model class, in JAX.
 
     Arguments:
@@ -108,7 +112,7 @@ class VAE:
         encode_covariates: give the conditions to the encoder as well (default ``True``; scvi-tools: ``False``).
         inject_all_layers: add the conditions to every hidden layer (scvi-tools' ``deeply_inject_covariates``).
         norm: ``"layer"`` (default; LayerNorm) or ``"none"``. scvi-tools uses BatchNorm, whose running statistics
-            would make the loss impure; see :mod:`genjax._vae`.
+            would make the loss impure; see :mod:`genjax.vae`.
         fast_loss: train count likelihoods with the fused loss (non-zero entries for the count-only special
             functions; same value as the public log-pmfs, several times faster). ``False`` uses the public
             ``nb_log_prob_log`` / ``zinb_log_prob_log`` / ``poisson_log_prob_log`` directly.
@@ -118,15 +122,18 @@ class VAE:
         seed: seed of the parameter initialisation.
 
     Raises:
-        ValueError: bad option values; non-finite data; negative, non-integer or all-zero cells for count
+        ValueError: bad option values (see :class:`~genjax.models.VAEConfig`); non-finite data; negative, non-integer or all-zero cells for count
             likelihoods (naming the first offending cell and gene); duplicate gene names; missing condition values.
         KeyError: a condition, covariate, size-factor key or layer missing from ``adata``.
 
     Attributes:
-        module: the Flax :class:`~genjax.VAEModule`; params: its parameters; registry: the
-        :class:`~genjax.DataRegistry` (genes, categories, covariate statistics); history: per-epoch training
+        config: the :class:`~genjax.models.VAEConfig` (``options`` is it as a dict); module: the Flax
+        :class:`~genjax.vae.VAEModule`; params: its parameters; registry: the
+        :class:`~genjax.data.DataRegistry` (genes, categories, covariate statistics); history: per-epoch training
         records of the last :meth:`fit` (``loss``, ``rec``, ``kl_z``, ``val_loss``, ``val_elbo``, ...).
     """
+
+    format_tag = "genjax.VAE/1"
 
     def __init__(
         self,
@@ -153,94 +160,55 @@ class VAE:
         compute_dtype: str | None = None,
         seed: int = 0,
     ):
-        conditions, continuous = _as_list(conditions), _as_list(continuous)
-        options = dict(likelihood=likelihood, conditions=conditions, layer=layer, continuous=continuous,
-                       n_hidden=int(n_hidden), n_latent=int(n_latent), n_layers=int(n_layers),
-                       dropout=float(dropout), dispersion=dispersion, dispersion_key=dispersion_key,
-                       library=library, library_key=library_key, size_factor_key=size_factor_key,
-                       conditional_prior=bool(conditional_prior), encode_covariates=bool(encode_covariates),
-                       inject_all_layers=bool(inject_all_layers), norm=norm, fast_loss=bool(fast_loss),
-                       compute_dtype=compute_dtype, seed=int(seed))
-        _check_options(options)
-        registry = DataRegistry.from_anndata(adata, conditions, continuous, layer)
-        data = self._prepare(adata, registry, options, training=True)
-        self._setup(options, registry, _library_prior(options, registry, data), data)
+        config = VAEConfig(
+            likelihood=likelihood, conditions=conditions, layer=layer, continuous=continuous, n_hidden=n_hidden,
+            n_latent=n_latent, n_layers=n_layers, dropout=dropout, dispersion=dispersion,
+            dispersion_key=dispersion_key, library=library, library_key=library_key,
+            size_factor_key=size_factor_key, conditional_prior=bool(conditional_prior),
+            encode_covariates=bool(encode_covariates), inject_all_layers=bool(inject_all_layers), norm=norm,
+            fast_loss=bool(fast_loss), compute_dtype=compute_dtype, seed=seed)
+        registry = DataRegistry.from_anndata(adata, config.conditions, config.continuous, config.layer)
+        data = _prepare(adata, registry, config, training=True)
+        self._setup(config, registry, _library_prior(config, registry, data), data)
         self.adata = adata
-        self.params = vae_init(self.module, options["seed"])
+        self.params = vae_init(self.module, config.seed)
         self.history: list[dict] = []
-        # what generate() samples conditions, covariates and library sizes from (training cells)
-        self._train_cat, self._train_cont, self._train_log_lib = data.cat, data.cont, data.log_lib
+        # what generate() samples conditions, covariates and library sizes from
+        self.training_cells = TrainingCells(data.cat, data.cont, data.log_lib)
 
-
-    def _setup(self, options: dict, registry: DataRegistry, library_prior, data: CountData | None):
-        self.options = options
+    def _setup(self, config: VAEConfig, registry: DataRegistry, library_prior, data: CountData | None):
+        """Set the configuration, registry, Flax module and default data."""
+        self.config = config
         self.registry = registry
         keys = list(registry.conditions)
-        disp_key = options["dispersion_key"] or (keys[0] if keys else None)
+        disp_key = config.dispersion_key or (keys[0] if keys else None)
         self.module = VAEModule(
-            n_genes=registry.n_genes,
-            likelihood=options["likelihood"],
-            dispersion=options["dispersion"],
-            dispersion_index=keys.index(disp_key) if options["dispersion"] == "gene-category" else 0,
-            n_categories=registry.n_categories,
-            n_continuous=len(registry.continuous),
-            n_hidden=options["n_hidden"],
-            n_latent=options["n_latent"],
-            n_layers=options["n_layers"],
-            dropout=options["dropout"],
-            norm=options["norm"],
-            encode_covariates=options["encode_covariates"],
-            inject_all_layers=options["inject_all_layers"],
-            library=options["library"],
-            library_index=keys.index(options["library_key"]) if options["library_key"] else None,
-            library_prior=library_prior,
-            conditional_prior=options["conditional_prior"],
-            dtype=None if options.get("compute_dtype") is None else jnp.dtype(options["compute_dtype"]),
+            n_genes=registry.n_genes, likelihood=config.likelihood, dispersion=config.dispersion,
+            dispersion_index=keys.index(disp_key) if config.dispersion == "gene-category" else 0,
+            n_categories=registry.n_categories, n_continuous=len(registry.continuous), n_hidden=config.n_hidden,
+            n_latent=config.n_latent, n_layers=config.n_layers, dropout=config.dropout, norm=config.norm,
+            encode_covariates=config.encode_covariates, inject_all_layers=config.inject_all_layers,
+            library=config.library,
+            library_index=keys.index(config.library_key) if config.library_key else None,
+            library_prior=library_prior, conditional_prior=config.conditional_prior,
+            dtype=None if config.compute_dtype is None else jnp.dtype(config.compute_dtype),
         )
         self._data = data
 
-    @staticmethod
-    def _prepare(adata, registry: DataRegistry, options: dict, *, training: bool = False) -> CountData:
-        """Validate ``adata`` against the registry and encode it (host side, before any compute)."""
-        order = None if training else registry.gene_order(adata)
-        X = get_matrix(adata, registry.layer)
-        counts = options["likelihood"] != "gaussian"
-        what = "adata.X" if registry.layer is None else f"adata.layers[{registry.layer!r}]"
-        sf_key = options["size_factor_key"]
-        validate_counts(X, obs_names=adata.obs_names, var_names=adata.var_names, counts=counts,
-                        allow_empty=not counts or sf_key is not None, what=what)
-        cat = registry.encode_conditions(adata)
-        cont = registry.encode_continuous(adata)
-        if sf_key is not None:
-            if sf_key not in adata.obs:
-                raise KeyError(f"size_factor_key {sf_key!r} not found in adata.obs (columns: "
-                               f"{list(adata.obs.columns)})")
-            sf = np.asarray(adata.obs[sf_key], np.float64)
-            bad = ~(np.isfinite(sf) & (sf > 0))
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"size factors {sf_key!r} must be finite and > 0; found {sf[i]!r} for cell "
-                                 f"{str(adata.obs_names[i])!r} (row {i})")
-            log_lib = np.log(sf)
-        elif counts:
-            log_lib = np.log(row_sums(X))
-        else:
-            log_lib = np.zeros(X.shape[0])
-        fast = counts and options["fast_loss"]
-        nonzeros = None
-        if fast and options["likelihood"] != "poisson":  # gene-wise theta: only counts above the table's range
-            nonzeros = SMALL if options["dispersion"] == "gene" else 0
-        return CountData(X, log_lib, cat, cont, gene_order=order, sparse_fields=fast, nonzeros=nonzeros)
-
     def _data_for(self, adata) -> CountData:
+        """The encoded data of ``adata`` (validated against the registry), or the default data."""
         if adata is None:
             if self._data is None:
                 raise ValueError("this model was loaded without data; pass adata=... (or load(path, adata))")
             return self._data
         if adata is self.adata and self._data is not None:
             return self._data
-        return self._prepare(adata, self.registry, self.options)
+        return _prepare(adata, self.registry, self.config)
 
+    @property
+    def options(self) -> dict:
+        """The settings as a dict (a copy of :attr:`config`)."""
+        return self.config.to_dict()
 
     @property
     def var_names(self) -> list[str]:
@@ -253,13 +221,12 @@ class VAE:
         return dict(self.registry.conditions)
 
     def __repr__(self) -> str:
-        o = self.options
-        return (f"VAE(likelihood={o['likelihood']!r}, genes={self.registry.n_genes}, "
+        c = self.config
+        return (f"VAE(likelihood={c.likelihood!r}, genes={self.registry.n_genes}, "
                 f"conditions={list(self.registry.conditions)}, continuous={list(self.registry.continuous)}, "
-                f"n_latent={o['n_latent']}, n_hidden={o['n_hidden']}, n_layers={o['n_layers']}, "
-                f"dispersion={o['dispersion']!r}, library={o['library']!r}, "
-                f"conditional_prior={o['conditional_prior']}, trained_epochs={len(self.history)})")
-
+                f"n_latent={c.n_latent}, n_hidden={c.n_hidden}, n_layers={c.n_layers}, "
+                f"dispersion={c.dispersion!r}, library={c.library!r}, "
+                f"conditional_prior={c.conditional_prior}, trained_epochs={len(self.history)})")
 
     def fit(
         self,
@@ -326,20 +293,20 @@ class VAE:
         self.train_indices, self.validation_indices = train_idx, val_idx
         return self.history
 
-
     def functions(self, *, beta: float = 1.0, warmup_steps: int | None = None) -> VAEFunctions:
         """Pure, jittable functions of ``(params, arrays)`` for this model (see :class:`VAEFunctions`)."""
         m = self.module
         return VAEFunctions(
-            encode=lambda params, x, cat=None, cont=None: vae_encode(m, params, x, cat, cont),
-            decode=lambda params, z, log_lib, cat=None, cont=None: vae_decode(m, params, z, log_lib, cat, cont),
-            prior=lambda params, cat=None, cont=None, n=None: vae_prior(m, params, cat, cont, n),
+            encode=lambda params, x, cond=None: vae_encode(m, params, x, cond),
+            decode=lambda params, z, log_lib, cond=None: vae_decode(m, params, z, log_lib, cond),
+            prior=lambda params, cond=None, n=None: vae_prior(m, params, cond, n),
             sample=lambda key, out: vae_sample_counts(key, m, out),
             loss=make_vae_loss(m, beta=beta, warmup_steps=warmup_steps),
         )
 
-    def batch(self, adata=None, rows=None) -> dict[str, np.ndarray]:
-        """The batch dict of arrays (``x``, ``log_lib``, ``cat``, ``cont``, ...) of ``adata`` (validated)."""
+    def batch(self, adata=None, rows=None) -> CountBatch:
+        """The :class:`~genjax.data.CountBatch` (numpy arrays) of ``adata`` (validated; default the training data)
+        or of its ``rows``."""
         data = self._data_for(adata)
         return data.batch(np.arange(data.n) if rows is None else rows)
 
@@ -347,35 +314,32 @@ class VAE:
         """int32 codes (n, n_conditions) of the given condition values (-1 for conditions not given)."""
         return self.registry.encode_values(n, **values)
 
+    def condition(self, codes: np.ndarray, cont: np.ndarray | None = None) -> Condition | None:
+        """The :class:`~genjax.data.Condition` of category ``codes`` (n, n_conditions) and standardised covariates
+        ``cont`` (n, n_continuous; default zeros), as the model's functions take it (``None`` without either)."""
+        n = codes.shape[0]
+        labels = np.asarray(codes, np.int32) if codes.shape[1] else None
+        n_cont = len(self.registry.continuous)
+        covariates = (np.zeros((n, n_cont), np.float32) if cont is None else np.asarray(cont, np.float32)) \
+            if n_cont else None
+        return None if labels is None and covariates is None else Condition(labels, covariates)
 
-    def _jit(self, name, fn):
-        """``jax.jit(fn)``, cached per (module, name): models with equal modules (e.g. a saved and a loaded one)
-        share compilations. ``fn`` must depend only on the module and on what ``name`` spells out."""
-        key = (self.module, name)
-        if key not in _JIT_CACHE:
-            if len(_JIT_CACHE) >= 256:
-                _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
-            _JIT_CACHE[key] = jax.jit(fn)
-        return _JIT_CACHE[key]
+    def _jit(self, name: str, fn: Callable) -> Callable:
+        """``jax.jit(fn)`` shared by models with the same module (``fn`` depends only on it and ``name``)."""
+        return cached_jit(self.module, name, fn)
 
     def _map(self, fn, data: CountData, batch_size: int, key=None, extra=None) -> list:
-        """Apply jitted ``fn(params, batch, key)`` over the cells in batches of one fixed size (the last one is
-        padded, so each function compiles once); ``extra(rows)`` adds fields to a batch. ``fn``'s outputs have
-        the cells axis first; the per-batch outputs are returned as numpy."""
-        size = batch_size  # also for fewer cells: one compilation serves every data set
+        """Apply jitted ``fn(params, batch, extras, key)`` over the cells in batches of one fixed size (the last
+        one padded, so each function compiles once); ``extra(rows)`` gives per-cell arrays for ``extras``. ``fn``'s
+        outputs have the cells axis first; the per-batch outputs come back as numpy."""
         outs = []
-        for i, (rows, b) in enumerate(data.iter_batches(size)):
-            if extra is not None:
-                b = dict(b, **extra(rows))
-            m = len(rows)
+        for i, (rows, b) in enumerate(data.iter_batches(batch_size)):
+            extras = {} if extra is None else extra(rows)
             k = jax.random.fold_in(key, i) if key is not None else jax.random.key(0)
-            out = fn(self.params, _pad_rows(b, size), k)
+            out = fn(self.params, _pad_rows(b, batch_size), _pad_rows(extras, batch_size), k)
+            m = len(rows)
             outs.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out))
         return outs
-
-    def _encode_fn(self):
-        m = self.module
-        return self._jit("encode", lambda p, b, k: vae_encode(m, p, b["x"], b.get("cat"), b.get("cont")))
 
     def latent(self, adata=None, *, give_var: bool = False, batch_size: int = 1024):
         """Posterior means of ``z``, float32 (cells, n_latent); with ``give_var`` also the variances.
@@ -383,46 +347,40 @@ class VAE:
         Raises:
             ValueError / KeyError: the data do not match the model (genes, categories, obs keys, counts).
         """
-        data = self._data_for(adata)
-        outs = self._map(self._encode_fn(), data, batch_size)
+        m = self.module
+        fn = self._jit("encode", lambda p, b, e, k: vae_encode(m, p, b.x, b.cond))
+        outs = self._map(fn, self._data_for(adata), batch_size)
         mean = np.concatenate([o["z_mean"] for o in outs])
         return (mean, np.concatenate([o["z_var"] for o in outs])) if give_var else mean
 
-    def _decode_at(self, data: CountData, batch_size: int, n_draws: int, sample_z: bool, seed: int,
-                   new_codes=None, what: str = "scale"):
-        """Decode each cell's posterior ``n_draws`` times: at the posterior mean of ``z`` or, with ``sample_z``,
-        at draws from it; under its own conditions or ``new_codes`` (-1: keep). ``what="scale"`` returns the
-        normalised expression (draws, cells, genes); ``"predict"`` the expected and the sampled counts
-        (draws, cells, 2, genes). One compilation per ``(what, n_draws)`` serves every other setting."""
+    def _decode_posterior(self, data: CountData, batch_size: int, n_draws: int, sample_z: bool, seed: int,
+                          new_codes, emit: Callable, name: str):
+        """Decode each cell's posterior ``n_draws`` times, at the posterior mean of ``z`` or, with ``sample_z``,
+        at draws from it, under its own conditions or ``new_codes`` (-1: keep), with its own library size.
+        ``emit(out, key) -> (cells, ...)`` makes the result of one draw from the decoder outputs; returns
+        ``(draws, cells, ...)``. One compilation per ``(name, n_draws)`` serves every other setting."""
         m = self.module
-        lib_latent = self.options["library"] == "latent"
+        lib_latent = self.config.library == "latent"
 
-        def fn(params, b, key):
-            cat, cont = b.get("cat"), b.get("cont")
-            enc = vae_encode(m, params, b["x"], cat, cont)
-            dcat = jnp.where(b["new_cat"] >= 0, b["new_cat"], cat) if cat is not None else None
-            log_lib = enc["l_mean"] if lib_latent else b["log_lib"]
+        def fn(params, b, e, key):
+            enc = vae_encode(m, params, b.x, b.cond)
+            cond = b.cond
+            if cond is not None and cond.labels is not None:
+                cond = cond._replace(labels=jnp.where(e["new_cat"] >= 0, e["new_cat"], cond.labels))
+            log_lib = enc["l_mean"] if lib_latent else b.log_lib
 
             def one(k):
                 key_z, key_x = jax.random.split(k)
                 eps = draw_noise(key_z, enc["z_mean"].shape[0], m.n_latent, 0)[0]
-                z = enc["z_mean"] + b["z_noise"][:, None] * jnp.sqrt(enc["z_var"]) * eps
-                out = vae_decode(m, params, z, log_lib, dcat, cont)
-                if what == "scale":
-                    return jnp.exp(out["log_scale"]) if "log_scale" in out else out["mean"]
-                return jnp.stack([_expected(m, out), vae_sample_counts(key_x, m, out)], axis=1)
+                z = enc["z_mean"] + e["z_noise"][:, None] * jnp.sqrt(enc["z_var"]) * eps
+                return emit(vae_decode(m, params, z, log_lib, cond), key_x)
 
-            keys = jax.random.split(key, n_draws)
-            return jnp.swapaxes(jax.lax.map(one, keys), 0, 1)  # cells first
+            return jnp.swapaxes(jax.lax.map(one, jax.random.split(key, n_draws)), 0, 1)  # cells first
 
-        n_cond = len(self.registry.conditions)
-        codes = np.full((data.n, n_cond), -1, np.int32) if new_codes is None else new_codes
+        codes = np.full((data.n, len(self.registry.conditions)), -1, np.int32) if new_codes is None else new_codes
         noise = np.full(data.n, 1.0 if sample_z else 0.0, np.float32)
-
-        def extra(rows):
-            return {"new_cat": codes[rows], "z_noise": noise[rows]}
-
-        outs = self._map(self._jit(f"decode-{what}-{n_draws}", fn), data, batch_size, jax.random.key(seed), extra)
+        outs = self._map(self._jit(f"decode-{name}-{n_draws}", fn), data, batch_size, jax.random.key(seed),
+                         lambda rows: {"new_cat": codes[rows], "z_noise": noise[rows]})
         return np.swapaxes(np.concatenate(outs, axis=0), 0, 1)  # draws first
 
     def normalized_expression(self, adata=None, *, library_size: float = 1.0, n_samples: int = 0,
@@ -441,8 +399,10 @@ class VAE:
         """
         data = self._data_for(adata)
         new = self._new_codes(data.n, conditions)
-        out = self._decode_at(data, batch_size, max(n_samples, 1), n_samples > 0, seed, new, "scale").mean(axis=0)
-        return out * library_size if self.options["likelihood"] != "gaussian" else out
+        emit = functools.partial(_emit_scale, observation_model(self.config.likelihood))
+        out = self._decode_posterior(data, batch_size, max(n_samples, 1), n_samples > 0, seed, new, emit,
+                                     "scale").mean(axis=0)
+        return out * library_size if self.config.counts else out
 
     def posterior_predictive(self, adata=None, *, n_samples: int = 1, seed: int = 0,
                              batch_size: int = 256) -> np.ndarray:
@@ -450,15 +410,17 @@ class VAE:
 
         Returns:
             float32 (n_samples, cells, genes).
+
+        Raises:
+            ValueError: ``n_samples`` below 1.
         """
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        return self._decode_at(self._data_for(adata), batch_size, n_samples, True, seed, None, "predict")[:, :, 1]
+        n_samples = check_int("n_samples", n_samples)
+        emit = functools.partial(_emit_mean_and_draw, observation_model(self.config.likelihood))
+        return self._decode_posterior(self._data_for(adata), batch_size, n_samples, True, seed, None, emit,
+                                      "predict")[:, :, 1]
 
     def _new_codes(self, n: int, conditions: dict):
-        if not conditions:
-            return None
-        return self.registry.encode_values(n, **conditions)
+        return self.registry.encode_values(n, **conditions) if conditions else None
 
     def counterfactual(self, adata=None, *, seed: int = 0, batch_size: int = 256, **new_conditions):
         """Encode cells, swap conditions, decode: "what would these cells look like under ``new_conditions``".
@@ -474,19 +436,21 @@ class VAE:
             KeyError: a key that is not a condition of the model. ValueError: an unknown category.
         """
         import anndata as ad
+        import pandas as pd
 
         if not new_conditions:
             raise ValueError("counterfactual needs at least one condition to change, e.g. cell_type='B cells'")
         adata = self.adata if adata is None else adata
         data = self._data_for(adata)
         new = self._new_codes(data.n, new_conditions)
-        both = self._decode_at(data, batch_size, 1, False, seed, new, "predict")[0]  # (cells, 2, genes)
-        mean, counts = both[:, 0], both[:, 1]
+        emit = functools.partial(_emit_mean_and_draw, observation_model(self.config.likelihood))
+        both = self._decode_posterior(data, batch_size, 1, False, seed, new, emit, "predict")[0]  # (cells, 2, genes)
         obs = adata.obs.copy()
         for key, value in new_conditions.items():
-            obs[key] = _categorical(np.full(data.n, str(value), dtype=object), self.registry.conditions[key])
-        out = ad.AnnData(X=counts.astype(np.float32), obs=obs, var=_var_frame(self.var_names))
-        out.layers["mean"] = mean.astype(np.float32)
+            obs[key] = pd.Categorical(np.full(data.n, str(value), dtype=object),
+                                      categories=list(self.registry.conditions[key]))
+        out = ad.AnnData(X=both[:, 1].astype(np.float32), obs=obs, var=pd.DataFrame(index=self.var_names))
+        out.layers["mean"] = both[:, 0].astype(np.float32)
         return out
 
     def generate(self, n: int, *, seed: int = 0, library_size=None, batch_size: int = 1024, **conditions):
@@ -499,183 +463,153 @@ class VAE:
             library_size: total counts per generated cell (a number or an (n,) array); default: drawn from the
                 training cells with the requested conditions (the latent library's prior for
                 ``library="latent"``).
-            conditions: condition values, e.g. ``cell_type="B cells"``. Conditions not given are drawn together
-                with continuous covariates from training cells matching the given ones (training proportions).
+            conditions: condition values, e.g. ``cell_type="B cells"``, or a sequence of ``n`` values (one per
+                cell). Conditions not given are drawn together with continuous covariates from training cells
+                matching the given ones (training proportions).
 
         Returns:
-            AnnData (n x genes): ``X`` sampled counts (float32), ``obs`` the conditions (categoricals with the
-            training categories), continuous covariates and ``library_size``; ``var_names`` the training genes.
+            AnnData (n x genes): ``X`` sampled counts (float32), ``obs`` (cells ``gen-0``, ...) the conditions
+            (categoricals with the training categories), continuous covariates and ``library_size``;
+            ``var_names`` the training genes.
 
         Raises:
-            KeyError: a key that is not a condition. ValueError: an unknown category, or ``n < 1``.
+            KeyError: a key that is not a condition. ValueError: an unknown category, ``n`` not a positive
+                integer, a non-positive library size; :class:`~genjax.models.NoMatchingCellsError` when no
+                training cell has the requested conditions.
         """
         import anndata as ad
         import pandas as pd
 
-        if int(n) < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        n = int(n)
-        codes = self.registry.encode_values(n, **conditions)
+        n = check_int("n", n)
         rng = np.random.default_rng(seed)
-        given = codes[0] >= 0
-        match = np.all(self._train_cat[:, given] == codes[0, given], axis=1) if given.any() else \
-            np.ones(len(self._train_cat), bool)
-        pool = np.flatnonzero(match)
-        if pool.size == 0:
-            warnings.warn(f"no training cell has conditions {conditions}; other conditions, covariates and "
-                          "library sizes are drawn from all training cells", stacklevel=2)
-            pool = np.arange(len(self._train_cat))
-        rows = rng.choice(pool, size=n, replace=True)
-        cat = np.where(codes >= 0, codes, self._train_cat[rows]).astype(np.int32)
-        cont = self._train_cont[rows]
+        codes = self.registry.encode_values(n, **conditions)
+        rows = self.training_cells.draw(codes, rng, self.registry)
+        cat = np.where(codes >= 0, codes, self.training_cells.cat[rows]).astype(np.int32)
+        cont = self.training_cells.cont[rows]
         if library_size is not None:
             lib = np.broadcast_to(np.asarray(library_size, np.float64), (n,))
             if not np.all(np.isfinite(lib) & (lib > 0)):
                 raise ValueError("library_size must be finite and > 0")
             log_lib = np.log(lib).astype(np.float32)
         else:
-            log_lib = self._train_log_lib[rows]
-        m = self.module
-        lib_latent = self.options["library"] == "latent" and library_size is None
-
-        def fn(params, b, key):
-            key_noise, key_x = jax.random.split(key)
-            nb = b["cat"].shape[0]
-            pm, pv = vae_prior(m, params, b["cat"], b["cont"], nb)
-            eps = draw_noise(key_noise, nb, m.n_latent + 1, 0)[0]
-            z = pm + jnp.sqrt(pv) * eps[:, : m.n_latent]
-            log_l = b["log_lib"]
-            if lib_latent:
-                lm, lv = m.apply({"params": params}, b["cat"], nb, method="library_prior_params")
-                log_l = lm + jnp.sqrt(lv) * eps[:, -1]
-            out = vae_decode(m, params, z, log_l, b["cat"], b["cont"])
-            return vae_sample_counts(key_x, m, out), log_l
-
-        f = self._jit(f"generate-{lib_latent}", fn)
+            log_lib = self.training_cells.log_lib[rows]
+        f = self._jit(f"generate-{self.config.library == 'latent' and library_size is None}",
+                      functools.partial(_generate_fn, self.module, self.config.library == "latent"
+                                        and library_size is None))
         xs, libs = [], []
         key = jax.random.key(seed)
         size = min(batch_size, n)
         for i, start in enumerate(range(0, n, size)):
             sl = slice(start, min(n, start + size))
-            b = _pad_rows({"cat": cat[sl], "cont": cont[sl], "log_lib": log_lib[sl]}, size)
-            x, ll = f(self.params, b, jax.random.fold_in(key, i))
+            b = _pad_rows({"cond": self.condition(cat[sl], cont[sl]), "log_lib": log_lib[sl]}, size)
+            x, ll = f(self.params, b["cond"], b["log_lib"], jax.random.fold_in(key, i))
             xs.append(np.asarray(x)[: sl.stop - start])
             libs.append(np.asarray(ll)[: sl.stop - start])
-        obs = pd.DataFrame(index=[f"gen_{i}" for i in range(n)])
-        for j, (key_, cats) in enumerate(self.registry.conditions.items()):
-            obs[key_] = _categorical(np.asarray(cats, dtype=object)[cat[:, j]], cats)
-        for j, (key_, (mu, sd)) in enumerate(self.registry.continuous.items()):
-            obs[key_] = cont[:, j] * sd + mu
-        obs["library_size"] = np.exp(np.concatenate(libs)).astype(np.float32)
-        return ad.AnnData(X=np.concatenate(xs).astype(np.float32), obs=obs, var=_var_frame(self.var_names))
-
+        obs = generated_obs(self.registry, cat, cont, np.concatenate(libs))
+        return ad.AnnData(X=np.concatenate(xs).astype(np.float32), obs=obs, var=pd.DataFrame(index=self.var_names))
 
     def elbo(self, adata=None, *, seed: int = 0, batch_size: int = 256) -> float:
         """Mean per-cell evidence lower bound (nats; one posterior draw per cell, no dropout, KL weight 1)."""
         m = self.module
 
-        def fn(params, b, key):
+        def fn(params, b, e, key):
             t = vae_elbo_terms(m, params, b, key, deterministic=True)
             return t["rec"] - t["kl_z"] - t["kl_l"]
 
-        data = self._data_for(adata)
-        vals = self._map(self._jit("elbo", fn), data, batch_size, jax.random.key(seed))
+        vals = self._map(self._jit("elbo", fn), self._data_for(adata), batch_size, jax.random.key(seed))
         return float(np.mean(np.concatenate(vals)))
 
     def marginal_ll(self, adata=None, *, n_samples: int = 100, seed: int = 0, batch_size: int = 256) -> float:
         """Mean per-cell importance-weighted estimate of ``log p(x | c)`` with ``n_samples`` draws (IWAE bound;
-        scvi-tools' ``get_marginal_ll``)."""
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        m = self.module
-        fn = functools.partial(_iwae_fn, m, n_samples)
-        data = self._data_for(adata)
-        vals = self._map(self._jit(f"iwae-{n_samples}", fn), data, batch_size, jax.random.key(seed))
+        scvi-tools' ``get_marginal_ll``).
+
+        Raises:
+            ValueError: ``n_samples`` below 1.
+        """
+        n_samples = check_int("n_samples", n_samples)
+        fn = functools.partial(_iwae_fn, self.module, n_samples)
+        vals = self._map(self._jit(f"iwae-{n_samples}", fn), self._data_for(adata), batch_size,
+                         jax.random.key(seed))
         return float(np.mean(np.concatenate(vals)))
 
-
-    def save(self, path, *, overwrite: bool = True) -> None:
-        """Write the model to the directory ``path`` atomically (params, settings, registry, history, and the
-        training cells' conditions / covariates / library sizes that :meth:`generate` samples from)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True")
-        meta = {"format": _FORMAT, "options": self.options, "registry": self.registry.to_dict(),
+    def _saved_state(self):
+        meta = {"options": self.config.to_dict(), "registry": self.registry.to_dict(),
                 "library_prior": [list(v) for v in self.module.library_prior], "history": self.history}
-        stats = {"cat": self._train_cat, "cont": self._train_cont, "log_lib": self._train_log_lib}
-        with atomic_directory(path) as tmp:
-            save_pytree(tmp / "params.msgpack", self.params)
-            save_pytree(tmp / "train_cells.msgpack", stats)
-            (tmp / "model.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        return meta, {"params": self.params, "train_cells": self.training_cells.to_tree()}, {}
+
+    @classmethod
+    def _from_saved(cls, path: Path, meta: dict, arrays, adata=None) -> VAE:
+        self = cls.__new__(cls)
+        registry = DataRegistry.from_dict(meta["registry"])
+        library_prior = tuple(tuple(float(x) for x in v) for v in meta["library_prior"])
+        self._setup(VAEConfig.from_dict(meta["options"]), registry, library_prior, None)
+        like = jax.eval_shape(self.module.init, jax.random.key(0), dummy_batch(self.module))["params"]
+        self.params = jax.tree.map(jnp.asarray, arrays("params", like))
+        self.training_cells = TrainingCells.from_tree(arrays("train_cells"), len(registry.conditions),
+                                                      len(registry.continuous))
+        self.history = meta["history"]
+        self.adata = adata
+        if adata is not None:
+            self._data = _prepare(adata, registry, self.config)
+        return self
 
     @classmethod
     def load(cls, path, adata=None) -> VAE:
         """Read a model written by :meth:`save`; ``adata`` (validated against the model's genes and categories)
-        becomes the default data of the inference methods."""
-        path = Path(path)
-        meta_file = path / "model.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no genjax VAE at {path} (missing model.json)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} holds {meta.get('format')!r}, not a {_FORMAT} model")
-        self = cls.__new__(cls)
-        registry = DataRegistry.from_dict(meta["registry"])
-        library_prior = tuple(tuple(float(x) for x in v) for v in meta["library_prior"])
-        self._setup(meta["options"], registry, library_prior, None)
-        like = jax.eval_shape(self.module.init, jax.random.key(0), dummy_batch(self.module))["params"]
-        self.params = jax.tree.map(jnp.asarray, load_pytree(path / "params.msgpack", like))
-        stats = load_pytree(path / "train_cells.msgpack")
-        self._train_log_lib = np.asarray(stats["log_lib"], np.float32)
-        n_train = len(self._train_log_lib)
-        self._train_cat = np.asarray(stats["cat"], np.int32).reshape(n_train, len(registry.conditions))
-        self._train_cont = np.asarray(stats["cont"], np.float32).reshape(n_train, len(registry.continuous))
-        self.history = meta["history"]
-        self.adata = adata
-        if adata is not None:
-            self._data = self._prepare(adata, registry, self.options)
-        return self
+        becomes the default data of the inference methods.
+
+        Raises:
+            FileNotFoundError: no genjax model at ``path``. ValueError: another kind of model, damaged metadata or
+                parameters that do not match the configuration (naming the file).
+        """
+        return super().load(path, adata=adata)
 
 
-def _check_options(o: dict) -> None:
-    if o["likelihood"] not in VAE_LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {VAE_LIKELIHOODS}, got {o['likelihood']!r}")
-    if o["dispersion"] not in VAE_DISPERSIONS:
-        raise ValueError(f"dispersion must be one of {VAE_DISPERSIONS}, got {o['dispersion']!r}")
-    if o["library"] not in ("observed", "latent"):
-        raise ValueError(f"library must be 'observed' or 'latent', got {o['library']!r}")
-    if o["norm"] not in ("layer", "none"):
-        raise ValueError(f"norm must be 'layer' or 'none', got {o['norm']!r}")
-    for name in ("n_hidden", "n_latent", "n_layers"):
-        if o[name] < 1:
-            raise ValueError(f"{name} must be >= 1, got {o[name]}")
-    if o.get("compute_dtype") not in (None, "float32", "bfloat16", "float16"):
-        raise ValueError(f"compute_dtype must be None, 'float32', 'bfloat16' or 'float16', got {o['compute_dtype']!r}")
-    if not 0.0 <= o["dropout"] < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {o['dropout']}")
-    if o["likelihood"] == "gaussian" and o["library"] == "latent":
-        raise ValueError("library='latent' needs a count likelihood, not 'gaussian'")
-    conds = o["conditions"]
-    if o["dispersion"] == "gene-category":
-        key = o["dispersion_key"] or (conds[0] if conds else None)
-        if key is None:
-            raise ValueError("dispersion='gene-category' needs a categorical condition (conditions=[...])")
-        if key not in conds:
-            raise ValueError(f"dispersion_key {key!r} must be one of the conditions {conds}")
-    elif o["dispersion_key"] is not None:
-        raise ValueError("dispersion_key is only used with dispersion='gene-category'")
-    if o["library_key"] is not None:
-        if o["library"] != "latent":
-            raise ValueError("library_key is only used with library='latent'")
-        if o["library_key"] not in conds:
-            raise ValueError(f"library_key {o['library_key']!r} must be one of the conditions {conds}")
+def _prepare(adata, registry: DataRegistry, config: VAEConfig, *, training: bool = False) -> CountData:
+    """Validate ``adata`` against the registry and encode it (host side, before any compute)."""
+    order = None if training else registry.gene_order(adata)
+    X = get_matrix(adata, registry.layer)
+    what = "adata.X" if registry.layer is None else f"adata.layers[{registry.layer!r}]"
+    sf_key = config.size_factor_key
+    validate_counts(X, obs_names=adata.obs_names, var_names=adata.var_names, counts=config.counts,
+                    allow_empty=not config.counts or sf_key is not None, what=what)
+    cat = registry.encode_conditions(adata)
+    cont = registry.encode_continuous(adata)
+    if sf_key is not None:
+        log_lib = np.log(_size_factors(adata, sf_key))
+    elif config.counts:
+        log_lib = np.log(row_sums(X))
+    else:
+        log_lib = np.zeros(X.shape[0])
+    fast = config.counts and config.fast_loss
+    nonzeros = None
+    if fast and config.likelihood != "poisson":  # gene-wise theta: only counts above the table's range
+        nonzeros = SMALL if config.dispersion == "gene" else 0
+    return CountData(X, log_lib, cat, cont, gene_order=order, sparse_fields=fast, nonzeros=nonzeros)
 
 
-def _library_prior(options, registry: DataRegistry, data: CountData):
+def _size_factors(adata, key: str) -> np.ndarray:
+    """The positive, finite size factors ``adata.obs[key]`` (float64).
+
+    Raises:
+        KeyError: no such column. ValueError: a non-positive or non-finite value, naming the cell.
+    """
+    if key not in adata.obs:
+        raise KeyError(f"size_factor_key {key!r} not found in adata.obs (columns: {list(adata.obs.columns)})")
+    sf = np.asarray(adata.obs[key], np.float64)
+    bad = ~(np.isfinite(sf) & (sf > 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"size factors {key!r} must be finite and > 0; found {sf[i]!r} for cell "
+                         f"{str(adata.obs_names[i])!r} (row {i})")
+    return sf
+
+
+def _library_prior(config: VAEConfig, registry: DataRegistry, data: CountData):
     """scvi-tools' library prior: mean and variance of the log library size per category (or overall)."""
-    if options["library_key"] is None:
+    if config.library_key is None:
         return ((float(np.mean(data.log_lib)),), (max(float(np.var(data.log_lib)), 1e-4),))
-    j = list(registry.conditions).index(options["library_key"])
+    j = list(registry.conditions).index(config.library_key)
     means, varis = [], []
     for c in range(registry.n_categories[j]):
         v = data.log_lib[data.cat[:, j] == c].astype(np.float64)
@@ -684,52 +618,41 @@ def _library_prior(options, registry: DataRegistry, data: CountData):
     return tuple(means), tuple(varis)
 
 
-def _pad_rows(batch: dict, size: int) -> dict:
-    """Pad every array's leading (cells) axis to ``size`` by repeating the first row."""
-    out = {}
-    for k, v in batch.items():
+def _pad_rows(tree, size: int):
+    """Pad every array's leading (cells) axis to ``size`` by repeating the first row (pytrees of arrays)."""
+
+    def pad(v):
         v = np.asarray(v)
         m = v.shape[0]
-        out[k] = v if m == size else np.concatenate([v, np.repeat(v[:1], size - m, axis=0)])
-    return out
+        return v if m == size else np.concatenate([v, np.repeat(v[:1], size - m, axis=0)])
+
+    return jax.tree.map(pad, tree)
 
 
-def _iwae_fn(module, n_samples, params, batch, key):
+def _emit_scale(obs, out, key):
+    """Normalised expression (cells, genes) of decoder outputs."""
+    return obs.scale(out)
+
+
+def _emit_mean_and_draw(obs, out, key):
+    """Expected and drawn observations, stacked (cells, 2, genes)."""
+    return jnp.stack([obs.mean(out), obs.sample(key, out)], axis=1)
+
+
+def _iwae_fn(module, n_samples, params, batch, extras, key):
     return vae_iwae_log_likelihood(module, params, batch, key, n_samples)
 
 
-def _expected(module: VAEModule, out: dict):
-    """Mean of the observation model (cells, genes)."""
-    if module.likelihood == "gaussian":
-        return out["mean"]
-    mu = jnp.exp(out["log_mu"])
-    if module.likelihood == "zinb":
-        return mu * jax.nn.sigmoid(-out["zi_logits"])
-    return mu
-
-
-def _categorical(values, categories):
-    import pandas as pd
-
-    return pd.Categorical(values, categories=list(categories))
-
-
-def _var_frame(var_names):
-    import pandas as pd
-
-    return pd.DataFrame(index=pd.Index(list(var_names), name=None))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def default_max_epochs(n_cells: int) -> int:
-    """scvi-tools' default number of epochs: ``min(round(20000 / n_cells * 400), 400)``."""
-    return int(min(round(20000 / max(n_cells, 1) * 400), 400))
+def _generate_fn(module: VAEModule, lib_latent: bool, params, cond, log_lib, key):
+    """Counts and log library sizes of new cells: ``z`` from the prior, decoded, drawn from the observation model
+    (the library from its prior when ``lib_latent``)."""
+    key_noise, key_x = jax.random.split(key)
+    n = log_lib.shape[0]
+    pm, pv = vae_prior(module, params, cond, n)
+    eps = draw_noise(key_noise, n, module.n_latent + 1, 0)[0]
+    z = pm + jnp.sqrt(pv) * eps[:, : module.n_latent]
+    if lib_latent:
+        lm, lv = module.apply({"params": params}, cond, n, method="library_prior_params")
+        log_lib = lm + jnp.sqrt(lv) * eps[:, -1]
+    out = vae_decode(module, params, z, log_lib, cond)
+    return vae_sample_counts(key_x, module, out), log_lib

@@ -1,7 +1,7 @@
 """Flax (linen) building blocks for score, noise and velocity networks.
 
-* conditions (``_condition.py``): :class:`Condition`, :func:`null_condition`, :func:`drop_condition`,
-  :func:`check_condition`, :func:`call_field`: one conditioning interface for score and velocity models;
+* conditions (``_condition.py``; the :class:`Condition` type itself is :class:`genjax.data.Condition`):
+  :func:`null_condition`, :func:`drop_condition`, :func:`call_field`, :func:`split_field_batch`;
 * time (``_time.py``): :class:`SinusoidalEmbedding`, :func:`sample_times`;
 * embeddings (``_embedding.py``): :class:`ConditionEmbedding`;
 * trunks (``_mlp.py``): :class:`MLP`, :class:`FiLM`, :class:`ResidualBlock`, :class:`ResMLP`,
@@ -9,11 +9,11 @@
 * :class:`FieldNet` (``_field_net.py``): ``(x, t, cond) -> (n, d)``, the network behind score and velocity models.
 """
 
-from ._condition import NULL_LABEL as NULL_LABEL
-from ._condition import Condition as Condition
+from ..data import NULL_LABEL as NULL_LABEL
+from ..data import Condition as Condition
+from ..data import check_condition as check_condition
 from ._condition import call_field as call_field
 from ._condition import call_score as call_score
-from ._condition import check_condition as check_condition
 from ._condition import drop_condition as drop_condition
 from ._condition import null_condition as null_condition
 from ._condition import split_field_batch as split_field_batch

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from .._typing import Array
-from ._condition import NULL_LABEL, Condition
+from ..data import NULL_LABEL, Condition
 
 __all__ = ["ConditionEmbedding"]
 

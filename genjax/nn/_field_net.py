@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .._checks import check_choice
 from .._typing import Array, Norm
-from ._condition import Condition
+from ..data import Condition
 from ._embedding import ConditionEmbedding
 from ._mlp import MLP, ResMLP
 from ._time import SinusoidalEmbedding

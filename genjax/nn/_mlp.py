@@ -127,7 +127,8 @@ def dropout_threshold(rate: float) -> int:
 
 
 class Covariates(nn.Module):
-    """Additive covariate contribution ``sum_j E_j[cat_j] + W cont`` to a hidden layer of width ``features``.
+    """Additive condition contribution ``sum_j E_j[labels_j] + W covariates`` to a hidden layer of width ``features``
+    (``labels``: int32 ``(cells, n_conditions)`` category codes; ``covariates``: ``(cells, n_continuous)``).
 
     Identical to a linear layer on the one-hot encoded conditions concatenated with the continuous covariates.
     """
@@ -139,15 +140,15 @@ class Covariates(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, cat, cont):
+    def __call__(self, labels, covariates):
         init = nn.initializers.normal(1.0 / math.sqrt(self.fan_in))
         out = 0.0
         for j, n_cat in enumerate(self.n_categories):
             out = out + nn.Embed(n_cat, self.features, embedding_init=init, dtype=self.dtype,
-                                 name=f"cat_{j}")(cat[:, j])
+                                 name=f"cat_{j}")(labels[:, j])
         if self.n_continuous:
             out = out + nn.Dense(self.features, use_bias=False, kernel_init=init, dtype=self.dtype,
-                                 name="cont")(cont)
+                                 name="cont")(covariates)
         return out
 
 
@@ -159,13 +160,13 @@ class CovariateMLP(nn.Module):
         n_hidden: width of every hidden layer. n_layers: number of layers.
         dropout: dropout rate (applied when ``drop_bits`` are given).
         norm: ``"layer"`` (LayerNorm without affine parameters) or ``"none"``.
-        n_categories: categories of each categorical condition (column order of ``cat``).
-        n_continuous: number of continuous covariates (columns of ``cont``).
+        n_categories: categories of each categorical condition (column order of ``labels``).
+        n_continuous: number of continuous covariates (columns of ``covariates``).
         inject_all_layers: add the covariates to every layer, not only the first.
         dtype: computation dtype of the dense layers.
 
-    ``__call__(h, cat, cont, drop_bits=None)``: ``h: (cells, in)``, ``cat: (cells, n_conditions)`` int32,
-    ``cont: (cells, n_continuous)`` -> ``(cells, n_hidden)``; ``drop_bits``: 16-bit draws
+    ``__call__(h, labels, covariates, drop_bits=None)``: ``h: (cells, in)``, ``labels: (cells, n_conditions)``
+    int32, ``covariates: (cells, n_continuous)`` -> ``(cells, n_hidden)``; ``drop_bits``: 16-bit draws
     ``(cells, n_layers * n_hidden)`` for dropout, or ``None`` (no dropout).
     """
 
@@ -179,14 +180,14 @@ class CovariateMLP(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, h, cat, cont, drop_bits=None):
+    def __call__(self, h, labels, covariates, drop_bits=None):
         has_cov = bool(self.n_categories) or self.n_continuous > 0
         for i in range(self.n_layers):
             fan_in = h.shape[-1] + sum(self.n_categories) + self.n_continuous
             y = nn.Dense(self.n_hidden, dtype=self.dtype, name=f"dense_{i}")(h)
             if has_cov and (i == 0 or self.inject_all_layers):
                 y = y + Covariates(self.n_hidden, self.n_categories, self.n_continuous, fan_in, self.dtype,
-                                    name=f"cov_{i}")(cat, cont)
+                                    name=f"cov_{i}")(labels, covariates)
             if self.norm == "layer":
                 y = nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, name=f"norm_{i}")(y)
             y = nn.relu(y)

@@ -22,7 +22,7 @@ from ..nn import call_field
 from ._predictor_corrector import PredictorCorrector
 
 __all__ = ["DEFAULT_MAX_STEPS", "check_sampler_args", "check_cond_leading", "evals_per_step", "count_evaluations",
-           "tweedie_denoise", "field_at_point", "ode_step_settings", "solve_ode_batch", "check_likelihood_input",
+           "tweedie_denoise", "maybe_denoise", "field_at_point", "ode_step_settings", "solve_ode_batch", "check_likelihood_input",
            "log_likelihood_batch"]
 
 
@@ -93,6 +93,13 @@ def tweedie_denoise(score_fn, sde: AbstractSDE, x: Array, t_min: float, cond) ->
     score = call_field(score_fn, x, t, cond)
     sigma = sde.std(t_min)
     return (x + sigma**2 * score) / sde.alpha(t_min)
+
+
+def maybe_denoise(score_fn, sde: AbstractSDE, x: Array, nfe: Array, t_min: float, cond, denoise: bool):
+    """``(x, nfe)`` after Tweedie's denoising step at ``t_min`` when ``denoise`` (one more evaluation)."""
+    if not denoise:
+        return x, nfe
+    return tweedie_denoise(score_fn, sde, x, t_min, cond), nfe + 1
 
 
 def field_at_point(field, y: Array, t: Array, cond) -> Array:

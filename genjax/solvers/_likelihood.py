@@ -32,18 +32,9 @@ def _log_likelihood_impl(key, score_fn, sde, x, cond, divergence, solver, rtol, 
 
 
 def log_likelihood(
-    key: PRNGKeyArray,
-    score_fn: Callable[..., Array],
-    sde: AbstractSDE,
-    x: Array,
-    *,
-    cond: Any = None,
-    divergence: Divergence = "hutchinson",
-    solver: diffrax.AbstractSolver | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_min: float = 1e-5,
-    max_steps: int = DEFAULT_MAX_STEPS,
+    key: PRNGKeyArray, score_fn: Callable[..., Array], sde: AbstractSDE, x: Array, *, cond: Any = None,
+    divergence: Divergence = "hutchinson", solver: diffrax.AbstractSolver | None = None, rtol: float = 1e-5,
+    atol: float = 1e-5, t_min: float = 1e-5, max_steps: int = DEFAULT_MAX_STEPS
 ) -> Array:
     """Log-density of points under the model defined by the probability-flow ODE (Song et al. 2021, app. D.2;
     Grathwohl et al. 2019, FFJORD).
@@ -85,18 +76,9 @@ def _flow_log_likelihood_impl(key, velocity_fn, path, x, cond, divergence, solve
 
 
 def flow_log_likelihood(
-    key: PRNGKeyArray,
-    velocity_fn: Callable[..., Array],
-    x: Array,
-    *,
-    path: AbstractPath | None = None,
-    cond: Any = None,
-    divergence: Divergence = "hutchinson",
-    solver: diffrax.AbstractSolver | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_min: float = 0.0,
-    max_steps: int = DEFAULT_MAX_STEPS,
+    key: PRNGKeyArray, velocity_fn: Callable[..., Array], x: Array, *, path: AbstractPath | None = None,
+    cond: Any = None, divergence: Divergence = "hutchinson", solver: diffrax.AbstractSolver | None = None,
+    rtol: float = 1e-5, atol: float = 1e-5, t_min: float = 0.0, max_steps: int = DEFAULT_MAX_STEPS
 ) -> Array:
     """Exact log-density of points under a flow-matching model (continuous normalising flow; Chen et al. 2018).
 
@@ -106,15 +88,12 @@ def flow_log_likelihood(
     ``"exact"``: the trace of the full Jacobian (``d`` products; for small ``d``).
 
     Arguments:
-        key: PRNG key (Hutchinson probes; unused for ``"exact"``).
         velocity_fn, path, cond: as :func:`sample_flow`.
-        x: points ``(n, d)`` float32.
-        divergence: ``"hutchinson"`` or ``"exact"``.
-        solver: diffrax ODE solver (default ``Dopri5``); rtol, atol: PID tolerances.
+        key, x, divergence, rtol, atol, max_steps: as :func:`log_likelihood`.
+        solver: diffrax ODE solver (default ``Dopri5``).
         t_min: the time whose marginal density is returned, in ``[0, 1)`` (0: the model's data density; for a
             :class:`genjax.LinearPath` with ``sigma_min > 0`` that is the data convolved with
             ``N(0, sigma_min^2 I)``).
-        max_steps: bound on adaptive steps (an error is raised when hit).
 
     Returns:
         ``log p(x)`` in nats, ``(n,)`` float32.

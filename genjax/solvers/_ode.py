@@ -27,7 +27,7 @@ from .._typing import Array, GridKind, PRNGKeyArray
 from ..diffusion import AbstractSDE
 from ..fields import ProbabilityFlow
 from ..flow import AbstractPath, LinearPath
-from ._common import check_sampler_args, evals_per_step, ode_step_settings, solve_ode_batch, tweedie_denoise
+from ._common import check_sampler_args, evals_per_step, maybe_denoise, ode_step_settings, solve_ode_batch
 
 __all__ = ["time_grid", "sample_probability_flow_ode", "sample_flow"]
 
@@ -74,27 +74,14 @@ def _pf_ode_impl(key, score_fn, sde, cond, n_steps, ts, *, shape, solver, rtol, 
         ProbabilityFlow(score_fn, sde), sde, jax.random.split(key, n), cond, n_steps, ts, d=d, solver=solver,
         rtol=rtol, atol=atol, t0=1.0, t1=t_min, max_steps=max_steps,
     )
-    if denoise:
-        x = tweedie_denoise(score_fn, sde, x, t_min, cond)
-        nfe = nfe + 1
-    return x, nfe
+    return maybe_denoise(score_fn, sde, x, nfe, t_min, cond, denoise)
 
 
 def sample_probability_flow_ode(
-    key: PRNGKeyArray,
-    score_fn: Callable[..., Array],
-    sde: AbstractSDE,
-    shape: tuple[int, int],
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    *,
-    cond: Any = None,
-    solver: diffrax.AbstractSolver | None = None,
-    n_steps: int | None = None,
-    ts: Array | None = None,
-    t_min: float = 1e-3,
-    denoise: bool = True,
-    max_steps: int | None = None,
+    key: PRNGKeyArray, score_fn: Callable[..., Array], sde: AbstractSDE, shape: tuple[int, int],
+    rtol: float = 1e-5, atol: float = 1e-5, *, cond: Any = None, solver: diffrax.AbstractSolver | None = None,
+    n_steps: int | None = None, ts: Array | None = None, t_min: float = 1e-3, denoise: bool = True,
+    max_steps: int | None = None
 ) -> tuple[Array, Array]:
     """Sample by integrating the probability-flow ODE ``dx/dt = f(t) x - g(t)^2/2 score(x, t)`` from ``t = 1``
     (prior draw) backwards to ``t_min`` (Song et al. 2021, eq. 13).
@@ -139,19 +126,10 @@ def _sample_flow_impl(key, velocity_fn, path, cond, n_steps, ts, *, shape, solve
 
 
 def sample_flow(
-    key: PRNGKeyArray,
-    velocity_fn: Callable[..., Array],
-    shape: tuple[int, int],
-    *,
-    path: AbstractPath | None = None,
-    cond: Any = None,
-    solver: diffrax.AbstractSolver | None = None,
-    n_steps: int | None = None,
-    ts: Array | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    t_min: float = 0.0,
-    max_steps: int | None = None,
+    key: PRNGKeyArray, velocity_fn: Callable[..., Array], shape: tuple[int, int], *,
+    path: AbstractPath | None = None, cond: Any = None, solver: diffrax.AbstractSolver | None = None,
+    n_steps: int | None = None, ts: Array | None = None, rtol: float = 1e-5, atol: float = 1e-5,
+    t_min: float = 0.0, max_steps: int | None = None
 ) -> tuple[Array, Array]:
     """Sample a flow-matching model: integrate ``dx/dt = v(x, t, cond)`` from a prior draw at ``t = 1`` backwards
     to ``t_min`` (default 0, the data end), one diffrax solve per point, ``vmap``'d over per-point keys.

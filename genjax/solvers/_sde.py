@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import lineax
 import numpy as np
 
+from .._checks import check_choice
 from .._typing import Array, Brownian, PRNGKeyArray
 from ..diffusion import AbstractSDE
 from ._common import (
@@ -35,7 +36,7 @@ from ._common import (
     count_evaluations,
     evals_per_step,
     field_at_point,
-    tweedie_denoise,
+    maybe_denoise,
 )
 from ._predictor_corrector import BATCH_AXIS, PredictorCorrector
 
@@ -99,29 +100,14 @@ def _reverse_sde_impl(key, score_fn, sde, cond, n_steps, *, shape, solver, adapt
 
     x, stats = jax.vmap(solve_one, axis_name=BATCH_AXIS)(keys, cond)
     nfe = count_evaluations(stats, solver if pc is None else PredictorCorrector(None, *pc))
-    if denoise:
-        x = tweedie_denoise(score_fn, sde, x, t_min, cond)
-        nfe = nfe + 1
-    return x, nfe
+    return maybe_denoise(score_fn, sde, x, nfe, t_min, cond, denoise)
 
 
 def sample_reverse_sde(
-    key: PRNGKeyArray,
-    score_fn: Callable[..., Array],
-    sde: AbstractSDE,
-    shape: tuple[int, int],
-    n_steps: int = 500,
-    *,
-    cond: Any = None,
-    solver: diffrax.AbstractSolver | None = None,
-    adaptive: bool = False,
-    rtol: float = 1e-2,
-    atol: float = 1e-2,
-    t_min: float = 1e-3,
-    denoise: bool = True,
-    max_steps: int | None = None,
-    brownian: Brownian | None = None,
-    brownian_tol: float = 1e-4,
+    key: PRNGKeyArray, score_fn: Callable[..., Array], sde: AbstractSDE, shape: tuple[int, int],
+    n_steps: int = 500, *, cond: Any = None, solver: diffrax.AbstractSolver | None = None,
+    adaptive: bool = False, rtol: float = 1e-2, atol: float = 1e-2, t_min: float = 1e-3, denoise: bool = True,
+    max_steps: int | None = None, brownian: Brownian | None = None, brownian_tol: float = 1e-4
 ) -> tuple[Array, Array]:
     """Sample by integrating the reverse-time SDE from the prior at ``t = 1`` down to ``t_min``.
 
@@ -162,8 +148,9 @@ def sample_reverse_sde(
     check_sampler_args(shape, t_min, cond, n_steps, "sample_reverse_sde")
     if brownian is None:
         brownian = "virtual" if adaptive else "unsafe"
-    if brownian not in ("unsafe", "virtual") or (adaptive and brownian != "virtual"):
-        raise ValueError(f"sample_reverse_sde: brownian must be 'unsafe' or 'virtual' ('virtual' when adaptive); got {brownian!r}")
+    check_choice("sample_reverse_sde: brownian", brownian, Brownian)
+    if adaptive and brownian != "virtual":
+        raise ValueError(f"sample_reverse_sde: adaptive steps need brownian='virtual'; got {brownian!r}")
     if max_steps is None:
         max_steps = DEFAULT_MAX_STEPS if adaptive else int(n_steps)
     if not adaptive and max_steps < n_steps:
@@ -179,18 +166,9 @@ def sample_reverse_sde(
 
 
 def sample_predictor_corrector(
-    key: PRNGKeyArray,
-    score_fn: Callable[..., Array],
-    sde: AbstractSDE,
-    shape: tuple[int, int],
-    n_steps: int = 500,
-    *,
-    snr: float = 0.16,
-    n_corrector: int = 1,
-    cond: Any = None,
-    t_min: float = 1e-3,
-    denoise: bool = True,
-    max_steps: int | None = None,
+    key: PRNGKeyArray, score_fn: Callable[..., Array], sde: AbstractSDE, shape: tuple[int, int],
+    n_steps: int = 500, *, snr: float = 0.16, n_corrector: int = 1, cond: Any = None, t_min: float = 1e-3,
+    denoise: bool = True, max_steps: int | None = None
 ) -> tuple[Array, Array]:
     """Predictor-corrector sampling: Euler-Maruyama predictor + Langevin corrector (Song et al. 2021, alg. 2-4).
 

@@ -51,7 +51,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
         if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+            raise ValueError(f"keep must be >= 1; got {keep}")
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         opts = dict(enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+from .._checks import check_int, check_range
 from .._typing import Params
 from ._state import TrainState
 
@@ -52,12 +53,15 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("max_epochs", "batch_size", "steps_per_dispatch", "patience", "eval_every",
                      "checkpoint_every", "keep"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+            object.__setattr__(self, name, check_int(f"TrainConfig.{name}", getattr(self, name)))
+        if self.max_steps is not None:
+            object.__setattr__(self, "max_steps", check_int("TrainConfig.max_steps", self.max_steps))
+        if self.checkpoint_every_steps is not None:
+            object.__setattr__(self, "checkpoint_every_steps",
+                               check_int("TrainConfig.checkpoint_every_steps", self.checkpoint_every_steps))
+        if self.ema_decay is not None:
+            check_range("TrainConfig.ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
+        check_range("TrainConfig.min_delta", self.min_delta, low=0.0)
 
 
 class FitResult(NamedTuple):

@@ -119,17 +119,9 @@ def _training_data(x, cond: Condition | None, model, name: str):
 
 
 def fit_field(
-    x: Array,
-    objective: AbstractObjective,
-    model: Any = None,
-    *,
-    cond: Condition | None = None,
-    optimizer: Any = None,
-    config: Any = None,
-    seed: int = 0,
-    val_x: Array | None = None,
-    val_cond: Condition | None = None,
-    **config_overrides: Any,
+    x: Array, objective: AbstractObjective, model: Any = None, *, cond: Condition | None = None,
+    optimizer: Any = None, config: Any = None, seed: int = 0, val_x: Array | None = None,
+    val_cond: Condition | None = None, **config_overrides: Any
 ) -> FieldFit:
     """Train a field network on points ``x`` with ``objective``, through the shared loop :func:`genjax.fit`.
 
@@ -177,19 +169,10 @@ def _fit(x, objective, model, name: str, *, cond, optimizer=None, config=None, s
 
 
 def fit_score_model(
-    x: Array,
-    sde: AbstractSDE | None = None,
-    model: Any = None,
-    *,
-    cond: Condition | None = None,
-    parameterisation: Parameterisation = "eps",
-    weighting: Weighting = "sigma2",
-    reduction: Reduction = "mean",
-    time_sampling: TimeSampling = "stratified",
-    importance_sampling: bool = True,
-    t_min: float = 1e-5,
-    cond_dropout: float = 0.0,
-    **fit_kwargs: Any,
+    x: Array, sde: AbstractSDE | None = None, model: Any = None, *, cond: Condition | None = None,
+    parameterisation: Parameterisation = "eps", weighting: Weighting = "sigma2",
+    reduction: Reduction = "mean", time_sampling: TimeSampling = "stratified",
+    importance_sampling: bool = True, t_min: float = 1e-5, cond_dropout: float = 0.0, **fit_kwargs: Any
 ) -> FieldFit:
     """Train a score network by denoising score matching: :func:`fit_field` with
     :class:`~genjax.fields.DenoisingScoreMatching`.
@@ -215,17 +198,10 @@ def fit_score_model(
 
 
 def fit_flow_model(
-    x: Array,
-    model: Any = None,
-    *,
-    path: AbstractPath | None = None,
-    cond: Condition | None = None,
-    coupling: Coupling = "independent",
-    ot_method: OTMethod = "host",
-    time_sampling: TimeSampling = "stratified",
-    reduction: Reduction = "mean",
-    cond_dropout: float = 0.0,
-    **fit_kwargs: Any,
+    x: Array, model: Any = None, *, path: AbstractPath | None = None, cond: Condition | None = None,
+    coupling: Coupling = "independent", ot_method: OTMethod = "host",
+    time_sampling: TimeSampling = "stratified", reduction: Reduction = "mean", cond_dropout: float = 0.0,
+    **fit_kwargs: Any
 ) -> FieldFit:
     """Train a velocity network by conditional flow matching: :func:`fit_field` with
     :class:`~genjax.fields.ConditionalFlowMatching`.

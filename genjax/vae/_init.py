@@ -10,18 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._typing import Params
+from ..data import Condition, CountBatch
 from ._module import VAEModule
 
 __all__ = ["vae_init", "dummy_batch"]
 
 
-def dummy_batch(module: VAEModule, n: int = 2) -> dict:
-    b = {"x": jnp.ones((n, module.n_genes)), "log_lib": jnp.zeros((n,))}
-    if module.n_categories:
-        b["cat"] = jnp.zeros((n, len(module.n_categories)), jnp.int32)
-    if module.n_continuous:
-        b["cont"] = jnp.zeros((n, module.n_continuous))
-    return b
+def dummy_batch(module: VAEModule, n: int = 2) -> CountBatch:
+    """A :class:`~genjax.data.CountBatch` of ``n`` cells with the module's shapes (for ``init`` / ``eval_shape``)."""
+    labels = jnp.zeros((n, len(module.n_categories)), jnp.int32) if module.n_categories else None
+    covariates = jnp.zeros((n, module.n_continuous)) if module.n_continuous else None
+    cond = None if labels is None and covariates is None else Condition(labels, covariates)
+    return CountBatch(jnp.ones((n, module.n_genes)), jnp.zeros((n,)), cond)
 
 
 def _truncated_normal(rng, shape, std):

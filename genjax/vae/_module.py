@@ -30,9 +30,10 @@ this file:
   ``loss_fn(params, batch, key, step)`` of :func:`genjax.fit`, with beta and linear KL warm-up) and
   :func:`vae_iwae_log_likelihood` (importance-weighted bound, Burda et al. 2016, for the marginal log-likelihood).
 
-Batches are dicts of arrays with leading axis ``cells`` (see :mod:`genjax.data`): ``x`` (cells, genes), ``log_lib``
-(cells,), optionally ``cat`` (cells, n_conditions) int32 and ``cont`` (cells, n_continuous), and for the fast count
-losses ``lfact``, ``nz_idx``, ``nz_val``.
+Batches are :class:`genjax.data.CountBatch` pytrees with leading axis ``cells``: ``x`` (cells, genes), ``log_lib``
+(cells,), the cells' :class:`genjax.data.Condition` (category codes and standardised covariates), and for the fused
+count losses ``lfact`` and the padded entries ``nonzero`` / ``large``. The likelihood's own behaviour (decoder
+outputs, log-likelihood, draws, means) is an observation-model object (``_observation.py``).
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ from __future__ import annotations
 from typing import Any, get_args
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from .._checks import check_choice, check_int, check_range
 from .._typing import Array, Dispersion, LibraryMode, Likelihood, Norm
+from ..data import Condition, CountBatch
 from ..nn import CovariateMLP
+from ._observation import observation_model
 
-__all__ = ["VAEModule", "VAE_LIKELIHOODS", "VAE_DISPERSIONS", "VAR_EPS"]
+__all__ = ["VAEModule", "VAE_LIKELIHOODS", "VAE_DISPERSIONS", "VAR_EPS", "check_vae_module"]
 
 
 VAE_LIKELIHOODS = get_args(Likelihood)
@@ -68,8 +71,8 @@ class VAEModule(nn.Module):
         likelihood: ``"nb"`` | ``"zinb"`` | ``"poisson"`` | ``"gaussian"``.
         dispersion: ``"gene"`` | ``"gene-category"`` | ``"gene-cell"`` (NB / ZINB theta, Gaussian log variance).
         dispersion_index: the condition column whose categories index ``"gene-category"`` dispersion.
-        n_categories: number of categories of each categorical condition (column order of ``batch["cat"]``).
-        n_continuous: number of continuous covariates (columns of ``batch["cont"]``).
+        n_categories: number of categories of each categorical condition (column order of ``cond.labels``).
+        n_continuous: number of continuous covariates (columns of ``cond.covariates``).
         n_hidden, n_latent, n_layers: network sizes (scvi-tools defaults 128, 10, 1).
         dropout: encoder dropout rate (scvi-tools 0.1; the decoder has none, as in scvi-tools).
         norm: ``"layer"`` (LayerNorm without affine parameters) or ``"none"``.
@@ -105,19 +108,12 @@ class VAEModule(nn.Module):
     conditional_prior: bool = False
     dtype: Any = None
 
+    def __post_init__(self):
+        check_vae_module(self)
+        super().__post_init__()
+
     def setup(self):
-        if self.likelihood not in VAE_LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {VAE_LIKELIHOODS}, got {self.likelihood!r}")
-        if self.dispersion not in VAE_DISPERSIONS:
-            raise ValueError(f"dispersion must be one of {VAE_DISPERSIONS}, got {self.dispersion!r}")
-        if self.norm not in ("layer", "none"):
-            raise ValueError(f"norm must be 'layer' or 'none', got {self.norm!r}")
-        if self.library not in ("observed", "latent"):
-            raise ValueError(f"library must be 'observed' or 'latent', got {self.library!r}")
-        if self.library == "latent" and self.likelihood == "gaussian":
-            raise ValueError("library='latent' needs a count likelihood, not 'gaussian'")
-        if self.dispersion == "gene-category" and not 0 <= self.dispersion_index < len(self.n_categories):
-            raise ValueError("dispersion='gene-category' needs a categorical condition to index it")
+        obs = observation_model(self.likelihood)
         enc_cats = self.n_categories if self.encode_covariates else ()
         enc_cont = self.n_continuous if self.encode_covariates else 0
         mlp = dict(n_hidden=self.n_hidden, n_layers=self.n_layers, norm=self.norm,
@@ -132,18 +128,16 @@ class VAEModule(nn.Module):
             self.l_logvar = dense(1)
         self.decoder = CovariateMLP(dropout=0.0, n_categories=self.n_categories, n_continuous=self.n_continuous, **mlp)
         self.head_mean = dense(self.n_genes)
-        normal = nn.initializers.normal(1.0)
-        if self.likelihood != "poisson":
+        if obs.dispersion:
+            init = nn.initializers.normal(1.0) if obs.counts else nn.initializers.zeros
             if self.dispersion == "gene":
-                init = normal if self.likelihood != "gaussian" else nn.initializers.zeros
                 self.log_disp = self.param("log_disp", init, (self.n_genes,))
             elif self.dispersion == "gene-category":
-                init = normal if self.likelihood != "gaussian" else nn.initializers.zeros
                 self.log_disp = self.param(
                     "log_disp", init, (self.n_categories[self.dispersion_index], self.n_genes))
             else:
                 self.head_disp = dense(self.n_genes)
-        if self.likelihood == "zinb":
+        if obs.zero_inflated:
             self.head_zi = dense(self.n_genes)
         if self.conditional_prior:
             zeros = nn.initializers.zeros
@@ -154,16 +148,13 @@ class VAEModule(nn.Module):
             if self.n_continuous:
                 self.prior_cont = nn.Dense(2 * self.n_latent, use_bias=False, kernel_init=zeros)
 
-
-    def _input(self, x):
-        return x if self.likelihood == "gaussian" else jnp.log1p(x)
-
-    def encode(self, x, cat=None, cont=None, drop_bits=None) -> dict[str, Array]:
+    def encode(self, x, cond: Condition | None = None, drop_bits=None) -> dict[str, Array]:
         """Posterior parameters: ``z_mean``, ``z_var`` (cells, latent) and for a latent library ``l_mean``,
-        ``l_var`` (cells,). ``x`` is counts (log1p is applied here) or Gaussian data. ``drop_bits``
-        (cells, :func:`dropout_units`) of 16-bit draws turns dropout on (training); ``None``: deterministic."""
-        cat, cont = self._cov(x, cat, cont)
-        h_in = self._input(x)
+        ``l_var`` (cells,). ``x`` is counts (log1p is applied here) or Gaussian data; ``cond`` the cells'
+        :class:`~genjax.data.Condition` (codes and covariates). ``drop_bits`` (cells, :func:`dropout_units`) of
+        16-bit draws turns dropout on (training); ``None``: deterministic."""
+        cat, cont = self._cov(x, cond)
+        h_in = jnp.log1p(x) if observation_model(self.likelihood).counts else x
         n_z = self.n_layers * self.n_hidden
         h = self.z_encoder(h_in, cat, cont, None if drop_bits is None else drop_bits[:, :n_z])
         f32 = lambda a: a.astype(jnp.float32)  # noqa: E731  (heads may compute in bfloat16)
@@ -174,28 +165,18 @@ class VAEModule(nn.Module):
             out["l_var"] = jnp.exp(f32(self.l_logvar(hl)))[:, 0] + VAR_EPS
         return out
 
-    def decode(self, z, log_lib, cat=None, cont=None) -> dict[str, Array]:
-        """Observation-model parameters for latents ``z`` (cells, latent) and log library sizes (cells,).
-
-        Returns a dict of (cells, genes) arrays: ``log_scale`` (log normalised expression, log-softmax over
-        genes) and, by likelihood, ``log_mu = log_scale + log_lib`` and ``log_theta`` (NB / ZINB), ``zi_logits``
-        (ZINB), ``mean`` and ``log_var`` (Gaussian). ``log_theta`` / ``log_var`` broadcast against (cells, genes).
-        """
-        cat, cont = self._cov(z, cat, cont)
+    def decode(self, z, log_lib, cond: Condition | None = None) -> dict[str, Array]:
+        """Observation-model parameters for latents ``z`` (cells, latent) and log library sizes (cells,): the
+        dict of (cells, genes) arrays of :mod:`genjax.vae._observation` (``log_scale``, ``log_mu``, ``log_theta``,
+        ``zi_logits`` or ``mean``, ``log_var`` by likelihood; ``log_theta`` / ``log_var`` broadcast against
+        (cells, genes))."""
+        obs = observation_model(self.likelihood)
+        cat, cont = self._cov(z, cond)
         h = self.decoder(z, cat, cont, None)
         raw = self.head_mean(h).astype(jnp.float32)
-        out = {}
-        if self.likelihood == "gaussian":
-            out["mean"] = raw
-            out["log_var"] = self._dispersion(h, cat)
-            return out
-        out["log_scale"] = jax.nn.log_softmax(raw, axis=-1)
-        out["log_mu"] = out["log_scale"] + log_lib[:, None]
-        if self.likelihood in ("nb", "zinb"):
-            out["log_theta"] = self._dispersion(h, cat)
-        if self.likelihood == "zinb":
-            out["zi_logits"] = self.head_zi(h).astype(jnp.float32)
-        return out
+        disp = self._dispersion(h, cat) if obs.dispersion else None
+        zi = self.head_zi(h).astype(jnp.float32) if obs.zero_inflated else None
+        return obs.outputs(raw, log_lib, disp, zi)
 
     def _dispersion(self, h, cat):
         if self.dispersion == "gene":
@@ -204,13 +185,14 @@ class VAEModule(nn.Module):
             return self.log_disp[cat[:, self.dispersion_index]]
         return self.head_disp(h).astype(jnp.float32)
 
-    def prior(self, cat=None, cont=None, n: int | None = None) -> tuple[Array, Array]:
+    def prior(self, cond: Condition | None = None, n: int | None = None) -> tuple[Array, Array]:
         """Prior mean and variance of ``z``, each (cells, latent): N(0, I), or p(z | c) when conditional."""
         if n is None:
-            n = (cat if cat is not None else cont).shape[0]
+            n = (cond.labels if cond.labels is not None else cond.covariates).shape[0]
         mean = jnp.zeros((n, self.n_latent))
         logvar = jnp.zeros((n, self.n_latent))
         if self.conditional_prior:
+            cat, cont = self._cov(mean, cond)
             for j in range(len(self.n_categories)):
                 mean = mean + self.prior_mean[j][cat[:, j]]
                 logvar = logvar + self.prior_logvar[j][cat[:, j]]
@@ -219,29 +201,51 @@ class VAEModule(nn.Module):
                 mean, logvar = mean + mc[:, : self.n_latent], logvar + mc[:, self.n_latent:]
         return mean, jnp.exp(logvar)
 
-    def library_prior_params(self, cat=None, n: int | None = None) -> tuple[Array, Array]:
+    def library_prior_params(self, cond: Condition | None = None, n: int | None = None) -> tuple[Array, Array]:
         """Mean and variance (cells,) of the log-normal library prior (``library='latent'``)."""
         means = jnp.asarray(self.library_prior[0])
         varis = jnp.asarray(self.library_prior[1])
         if self.library_index is None:
-            n = n if n is not None else cat.shape[0]
+            n = n if n is not None else cond.labels.shape[0]
             return jnp.full((n,), means[0]), jnp.full((n,), varis[0])
-        c = cat[:, self.library_index]
+        c = cond.labels[:, self.library_index]
         return means[c], varis[c]
 
-    def _cov(self, ref, cat, cont):
+    def _cov(self, ref, cond: Condition | None):
+        """``(codes (cells, n_conditions) int32, covariates (cells, n_continuous))``, zeros where absent."""
         n = ref.shape[0]
+        cat = cond.labels if cond is not None and cond.labels is not None else None
+        cont = cond.covariates if cond is not None and cond.covariates is not None else None
         if cat is None:
             cat = jnp.zeros((n, len(self.n_categories)), jnp.int32)
         if cont is None:
             cont = jnp.zeros((n, self.n_continuous), jnp.float32)
         return cat, cont
 
-    def __call__(self, batch):
+    def __call__(self, batch: CountBatch):
         """Encode and decode the posterior mean (used by ``init``)."""
-        enc = self.encode(batch["x"], batch.get("cat"), batch.get("cont"))
-        log_lib = batch["log_lib"] if self.library == "observed" else enc["l_mean"]
-        out = self.decode(enc["z_mean"], log_lib, batch.get("cat"), batch.get("cont"))
-        _ = self.prior(batch.get("cat"), batch.get("cont"), n=batch["x"].shape[0])
+        enc = self.encode(batch.x, batch.cond)
+        log_lib = batch.log_lib if self.library == "observed" else enc["l_mean"]
+        out = self.decode(enc["z_mean"], log_lib, batch.cond)
+        _ = self.prior(batch.cond, n=batch.x.shape[0])
         return out
 
+
+def check_vae_module(m: VAEModule) -> None:
+    """Host-side checks of a :class:`VAEModule`'s settings (one message format), when it is built.
+
+    Raises:
+        ValueError: an unknown option value, a size below 1, a dropout rate outside ``[0, 1)``, a latent library
+            with a Gaussian likelihood, or ``"gene-category"`` dispersion without a condition to index it.
+    """
+    observation_model(m.likelihood)
+    check_choice("dispersion", m.dispersion, Dispersion)
+    check_choice("norm", m.norm, Norm)
+    check_choice("library", m.library, LibraryMode)
+    for name in ("n_genes", "n_hidden", "n_latent", "n_layers"):
+        check_int(name, getattr(m, name))
+    check_range("dropout", m.dropout, low=0.0, high=1.0, high_open=True)
+    if m.library == "latent" and not observation_model(m.likelihood).counts:
+        raise ValueError("library='latent' needs a count likelihood, not 'gaussian'")
+    if m.dispersion == "gene-category" and not 0 <= m.dispersion_index < len(m.n_categories):
+        raise ValueError("dispersion='gene-category' needs a categorical condition to index it")

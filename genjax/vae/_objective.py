@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from .._typing import Array, Params, PRNGKeyArray
-from ..likelihoods import fast_count_log_lik, nb_log_prob_log, poisson_log_prob_log, zinb_log_prob_log
+from ..data import CountBatch
 from ._module import VAEModule
 from ._noise import draw_noise, dropout_units
+from ._observation import observation_model
 
 __all__ = ["vae_reconstruction_log_lik", "vae_elbo_terms", "vae_kl_weight", "make_vae_loss", "make_vae_eval_loss",
            "vae_iwae_log_likelihood", "gaussian_kl"]
@@ -26,70 +27,56 @@ def gaussian_kl(mq, vq, mp, vp):
 
 
 def gaussian_log_prob(x, mean, var):
+    """Entrywise ``log N(x; mean, var)`` (broadcast shape)."""
     return -0.5 * (jnp.log(2.0 * jnp.pi * var) + (x - mean) ** 2 / var)
 
 
-def vae_reconstruction_log_lik(module: VAEModule, out: dict[str, Array], batch: dict[str, Array], *,
+def vae_reconstruction_log_lik(module: VAEModule, out: dict[str, Array], batch: CountBatch, *,
                                split: bool = False):
     """``log p(x | z, l)`` per cell (cells,) from decoder outputs ``out`` and the batch.
 
-    Uses the public likelihoods of :mod:`genjax._likelihoods`; when the batch carries ``lfact`` (and for NB /
-    ZINB the non-zeros ``nz_*`` or the large counts ``nzl_*``) the count log-likelihood is computed by the fused loss of
-    :mod:`genjax._vae_fastnb` instead, which evaluates the count-only special functions on non-zeros only (same
+    The module's observation model (``_observation.py``) computes it: by the fused count sums of
+    :func:`genjax.likelihoods.fast_count_log_lik` when the batch carries ``lfact`` (and for NB / ZINB its padded
+    entries), which evaluate the count-only special functions on non-zeros only, else by the public log-pmfs (same
     value to float32 accuracy). ``split=True`` returns ``(per_cell, batch_total)`` as in :func:`vae_elbo_terms`.
     """
-    x = batch["x"]
-    lik = module.likelihood
-    if lik == "gaussian":
-        r = jnp.sum(gaussian_log_prob(x, out["mean"], jnp.exp(out["log_var"])), axis=-1)
-        return (r, jnp.zeros((), r.dtype)) if split else r
-    if "lfact" in batch and (lik == "poisson" or "nz_idx" in batch or "nzl_idx" in batch):
-        return fast_count_log_lik(lik, x, out, batch, split=split)
-    if lik == "nb":
-        lp = nb_log_prob_log(x, out["log_mu"], out["log_theta"], validate_args=False)
-    elif lik == "zinb":
-        lp = zinb_log_prob_log(x, out["log_mu"], out["log_theta"], out["zi_logits"], validate_args=False)
-    else:
-        lp = poisson_log_prob_log(x, out["log_mu"], validate_args=False)
-    if split:
-        return jnp.sum(lp, axis=-1), jnp.zeros((), lp.dtype)
-    return jnp.sum(lp, axis=-1)
+    return observation_model(module.likelihood).log_lik(batch, out, split=split)
 
 
-def vae_elbo_terms(module: VAEModule, params: Params, batch: dict[str, Array], key: PRNGKeyArray, *,
-               deterministic: bool = False, split: bool = False) -> dict[str, Array]:
+def vae_elbo_terms(module: VAEModule, params: Params, batch: CountBatch, key: PRNGKeyArray, *,
+                   deterministic: bool = False, split: bool = False) -> dict[str, Array]:
     """One-sample ELBO pieces per cell.
 
     Arguments:
         module, params: the model.
-        batch: dict of arrays (cells, ...) as described in the module docstring.
+        batch: a :class:`genjax.data.CountBatch` (leading axis cells).
         key: PRNG key (dropout and the reparameterised draws of ``z`` and ``l``).
         deterministic: encoder without dropout (evaluation).
         split: for losses that weigh cells equally: ``rec`` leaves out the count-only small-count part of the NB /
             ZINB log-pmf and ``rec_total`` (scalar) carries its batch total, computed from a histogram of the
-            batch (see :mod:`genjax._vae_fastnb`); ``sum(rec) + rec_total`` is the batch total of ``log p(x | z, l)``.
+            batch (see :mod:`genjax.likelihoods`); ``sum(rec) + rec_total`` is the batch total of ``log p(x | z, l)``.
 
     Returns:
         ``{"rec": log p(x | z, l), "kl_z": KL(q(z|x,c) || p(z|c)), "kl_l": KL(q(l|x) || p(l))}``, each (cells,);
         ``kl_l`` is zero for an observed library. ``ELBO = rec - kl_z - kl_l``. With ``split``, also
         ``rec_total`` as above.
     """
-    cat, cont = batch.get("cat"), batch.get("cont")
+    cond = batch.cond
     v = {"params": params}
-    n = batch["x"].shape[0]
+    n = batch.x.shape[0]
     latent_lib = module.library == "latent"
     eps, drop = draw_noise(key, n, module.n_latent + latent_lib, 0 if deterministic else dropout_units(module))
-    enc = module.apply(v, batch["x"], cat, cont, drop, method="encode")
+    enc = module.apply(v, batch.x, cond, drop, method="encode")
     z = enc["z_mean"] + jnp.sqrt(enc["z_var"]) * eps[:, : module.n_latent]
     if latent_lib:
         log_lib = enc["l_mean"] + jnp.sqrt(enc["l_var"]) * eps[:, -1]
-        lm, lv = module.apply(v, cat, n, method="library_prior_params")
+        lm, lv = module.apply(v, cond, n, method="library_prior_params")
         kl_l = gaussian_kl(enc["l_mean"][:, None], enc["l_var"][:, None], lm[:, None], lv[:, None])
     else:
-        log_lib = batch["log_lib"]
+        log_lib = batch.log_lib
         kl_l = jnp.zeros((n,))
-    out = module.apply(v, z, log_lib, cat, cont, method="decode")
-    pm, pv = module.apply(v, cat, cont, n, method="prior")
+    out = module.apply(v, z, log_lib, cond, method="decode")
+    pm, pv = module.apply(v, cond, n, method="prior")
     terms = {"kl_z": gaussian_kl(enc["z_mean"], enc["z_var"], pm, pv), "kl_l": kl_l}
     if split:
         terms["rec"], terms["rec_total"] = vae_reconstruction_log_lik(module, out, batch, split=True)
@@ -146,21 +133,21 @@ def make_vae_eval_loss(module: VAEModule) -> Callable:
     return eval_fn
 
 
-def vae_iwae_log_likelihood(module: VAEModule, params: Params, batch: dict[str, Array], key: PRNGKeyArray,
-                        n_samples: int = 100) -> Array:
+def vae_iwae_log_likelihood(module: VAEModule, params: Params, batch: CountBatch, key: PRNGKeyArray,
+                            n_samples: int = 100) -> Array:
     """Importance-weighted estimate of ``log p(x | c)`` per cell (Burda et al. 2016), shape (cells,).
 
     ``log (1/K) sum_k p(x | z_k, l_k) p(z_k | c) p(l_k) / (q(z_k | x) q(l_k | x))`` with ``K = n_samples``
     draws from the (deterministic) encoder's posterior; a lower bound of the marginal log-likelihood that
     tightens as ``K`` grows (``K = 1`` is the ELBO). For an observed library the library terms are absent.
     """
-    cat, cont = batch.get("cat"), batch.get("cont")
+    cond = batch.cond
     v = {"params": params}
-    n = batch["x"].shape[0]
-    enc = module.apply(v, batch["x"], cat, cont, method="encode")
-    pm, pv = module.apply(v, cat, cont, n, method="prior")
+    n = batch.x.shape[0]
+    enc = module.apply(v, batch.x, cond, method="encode")
+    pm, pv = module.apply(v, cond, n, method="prior")
     if module.library == "latent":
-        lm, lv = module.apply(v, cat, n, method="library_prior_params")
+        lm, lv = module.apply(v, cond, n, method="library_prior_params")
 
     latent_lib = module.library == "latent"
 
@@ -173,8 +160,8 @@ def vae_iwae_log_likelihood(module: VAEModule, params: Params, batch: dict[str, 
             l_ = enc["l_mean"] + jnp.sqrt(enc["l_var"]) * eps[:, -1]
             log_w = log_w + gaussian_log_prob(l_, lm, lv) - gaussian_log_prob(l_, enc["l_mean"], enc["l_var"])
         else:
-            l_ = batch["log_lib"]
-        out = module.apply(v, z, l_, cat, cont, method="decode")
+            l_ = batch.log_lib
+        out = module.apply(v, z, l_, cond, method="decode")
         return log_w + vae_reconstruction_log_lik(module, out, batch)
 
     log_w = jax.lax.map(one, jax.random.split(key, n_samples))  # (samples, cells), one sample at a time

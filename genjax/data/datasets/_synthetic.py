@@ -19,7 +19,7 @@ def _nb(rng: np.random.Generator, mu: np.ndarray, theta: np.ndarray) -> np.ndarr
 def _check_positive(**values):
     for name, v in values.items():
         if not np.all(np.asarray(v) > 0):
-            raise ValueError(f"{name} must be > 0, got {v!r}")
+            raise ValueError(f"{name} must be > 0; got {v!r}")
 
 
 def synthetic_counts(
@@ -74,7 +74,7 @@ def synthetic_counts(
     _check_positive(n_cells=n_cells, n_genes=n_genes, n_cell_types=n_cell_types, library_size=library_size,
                     theta_median=theta_median)
     if not 0.0 <= de_fraction <= 1.0:
-        raise ValueError(f"de_fraction must be in [0, 1], got {de_fraction}")
+        raise ValueError(f"de_fraction must be in [0, 1]; got {de_fraction}")
     rng = np.random.default_rng(seed)
     base = rng.normal(0.0, expression_sd, n_genes)
     de = rng.normal(0.0, de_sd, (n_cell_types, n_genes)) * (rng.random((n_cell_types, n_genes)) < de_fraction)
