@@ -239,7 +239,7 @@ def test_bad_inputs_raise_named_errors(tmp_path):
         genjax.split_indices(10, 0.0)
     d = tmp_path / "r"
     genjax.fit(_loss, _params(), _data(), config=CFG, checkpoint_dir=d, max_epochs=1)
-    with pytest.raises(ValueError, match="batch_size=16"):
+    with pytest.raises(ValueError, match="batch_size: checkpoint has 16, this run has 8"):
         genjax.fit(_loss, _params(), _data(), config=CFG, checkpoint_dir=d, resume=True, batch_size=8)
 
 

@@ -19,6 +19,7 @@ token per attribute; condition dropout during training makes classifier-free gui
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 from .._checks import as_list, check_choice, check_int, check_range
 from .._typing import LibrarySizes, PriorFamily, Space
 from ..data import Condition, DataRegistry, get_matrix, kmeans_labels, row_sums, validate_counts
+from ..training import FingerprintMismatchError, tree_digest
 from ..vae import vae_decode, vae_sample_counts
 from ._base import SavedModel, TrainingCells, cached_jit, generated_obs
 from ._latent_prior import AbstractLatentPrior, fit_prior, load_prior, sample_prior
@@ -145,7 +147,7 @@ class LatentGenerator(SavedModel):
 
     def fit(self, *, vae_epochs: int | None = None, prior_steps: int = 4000, batch_size: int = 128,
             prior_batch_size: int = 256, prior_lr: float = 1e-3, checkpoint_dir=None, resume: bool = False,
-            progress: bool = True, seed: int = 0, vae_fit_kwargs: dict | None = None,
+            restart: bool = False, progress: bool = True, seed: int = 0, vae_fit_kwargs: dict | None = None,
             fit_vae: bool = True) -> LatentGenerator:
         """Fit the VAE (latent space), encode the training cells, then fit the conditional prior.
 
@@ -153,8 +155,13 @@ class LatentGenerator(SavedModel):
             vae_epochs: VAE epochs (default: scvi-tools' rule, capped by the data size).
             prior_steps: optimizer steps of the prior.
             batch_size: VAE batch size. prior_batch_size, prior_lr: prior batch size and Adam learning rate.
-            checkpoint_dir: if given, ``vae/`` and ``prior/`` training checkpoints are written there;
-                ``resume=True`` continues both from them.
+            checkpoint_dir: if given, ``vae/`` and ``prior/`` training checkpoints are written there (the prior
+                every 200 steps and at the end). ``resume=True`` continues both stages from them when each was
+                written with the same settings and data (otherwise
+                :class:`~genjax.training.FingerprintMismatchError` names what differs). The prior's fingerprint
+                includes a digest of the VAE's parameters: prior checkpoints trained on another VAE (e.g. after
+                the VAE trained longer) are moved aside with a warning and the prior trains afresh.
+                ``restart=True`` moves every stage's checkpoints aside (they are kept) and starts afresh.
             progress: tqdm progress bars.
             seed: seed of the training loops.
             vae_fit_kwargs: extra arguments of :meth:`genjax.VAE.fit`.
@@ -165,16 +172,45 @@ class LatentGenerator(SavedModel):
             ``self``.
 
         Raises:
-            ValueError: ``fit_vae=False`` before the VAE was ever fitted.
+            ValueError: bad settings (checked before the VAE trains), or ``fit_vae=False`` before the VAE was ever
+                fitted.
+            FingerprintMismatchError, TrainingDivergedError: as :meth:`genjax.VAE.fit` and :func:`genjax.fit`.
         """
+        if vae_epochs is not None:
+            check_int("vae_epochs", vae_epochs)
+        check_int("prior_steps", prior_steps)
+        check_int("batch_size", batch_size)
+        check_int("prior_batch_size", prior_batch_size)
+        check_range("prior_lr", prior_lr, low=0.0, low_open=True)
         ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
         if not fit_vae and self.vae is not None and not self.vae.history:
             raise ValueError("fit_vae=False needs a fitted VAE; call fit() once with fit_vae=True first")
         if self.vae is not None and fit_vae:
             self.vae.fit(max_epochs=vae_epochs, batch_size=batch_size, seed=seed, progress=progress,
-                         checkpoint_dir=None if ckpt is None else ckpt / "vae", resume=resume,
+                         checkpoint_dir=None if ckpt is None else ckpt / "vae", resume=resume, restart=restart,
                          **(vae_fit_kwargs or {}))
             self.history["vae"] = list(self.vae.history)
+        z, cond, n_categories = self._prior_training_points(seed)
+        train = functools.partial(
+            fit_prior, z, cond, kind=self.options["prior"], n_categories=n_categories, steps=prior_steps,
+            batch_size=prior_batch_size, lr=prior_lr, cond_dropout=self.options["cond_dropout"], seed=seed,
+            progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "prior",
+            fingerprint=self._prior_fingerprint(z, cond), **self.options["prior_kwargs"])
+        try:
+            self.prior_model, history = train(resume=resume, restart=restart)
+        except FingerprintMismatchError as err:
+            if not resume or set(err.fields) - {"vae_params", "points"}:
+                raise
+            warnings.warn("the prior's checkpoints were trained on another VAE; they are moved aside and the prior "
+                          "trains afresh", stacklevel=2)
+            self.prior_model, history = train(restart=True)
+        self.history["prior"] = history
+        return self
+
+    def _prior_training_points(self, seed: int):
+        """The standardised points ``(cells, dim)`` the prior is fitted on, their :class:`Condition` (conditions,
+        then the k-means cluster with ``prior_clusters``) and the categories per attribute; sets the
+        standardisation and the training cells' clusters."""
         points = self.prior_data()
         self._log1p_max = float(points.max()) if self.options["space"] == "log1p" else None
         self._shift = points.mean(axis=0).astype(np.float32)
@@ -184,15 +220,14 @@ class LatentGenerator(SavedModel):
         k = self.options.get("prior_clusters", 0)
         self.training_cells.cluster = kmeans_labels(z, k, seed) if k else None
         cond = self._condition(self._prior_cat(self.training_cells.cat, self.training_cells.cluster))
-        if k:
-            n_categories = n_categories + (k,)
-        self.prior_model, history = fit_prior(
-            z, cond, kind=self.options["prior"], n_categories=n_categories, steps=prior_steps,
-            batch_size=prior_batch_size, lr=prior_lr, cond_dropout=self.options["cond_dropout"], seed=seed,
-            progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "prior", resume=resume,
-            **self.options["prior_kwargs"])
-        self.history["prior"] = history
-        return self
+        return z, cond, n_categories + ((k,) if k else ())
+
+    def _prior_fingerprint(self, z: np.ndarray, cond) -> dict:
+        """The prior stage's part of its run fingerprint: the generator's options, the VAE's parameters (the
+        earlier stage) and the training points and conditions."""
+        return {**{f"option.{k}": v for k, v in self.options.items() if k != "vae_kwargs"},
+                "vae_params": None if self.vae is None else tree_digest(self.vae.params),
+                "points": tree_digest(z), "prior_conditions": None if cond is None else tree_digest(cond)}
 
     def _prior_cat(self, cat: np.ndarray, cluster: np.ndarray | None) -> np.ndarray:
         """The prior's category codes: the conditions, then the cluster column when ``prior_clusters > 0``."""

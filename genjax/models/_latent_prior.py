@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._checks import check_choice
+from .._checks import check_choice, check_int, check_range
 from .._typing import Coupling, Parameterisation, PriorFamily, SDEName
 from ..diffusion import AbstractSDE, make_sde
 from ..fields import (
@@ -188,8 +188,8 @@ def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_c
               steps: int = 4000, batch_size: int = 256, lr: float = 1e-3, cond_dropout: float = 0.1,
               n_hidden: int = 256, n_layers: int = 4, ema_decay: float | None = 0.999, sde: SDEName = "vp",
               sde_kwargs: dict | None = None, coupling: Coupling = "independent", seed: int = 0,
-              progress: bool = True, checkpoint_dir=None, resume: bool = False,
-              **train_kwargs) -> tuple[AbstractLatentPrior, list[dict]]:
+              progress: bool = True, checkpoint_dir=None, resume: bool = False, restart: bool = False,
+              fingerprint: dict | None = None, **train_kwargs) -> tuple[AbstractLatentPrior, list[dict]]:
     """Fit a conditional diffusion (denoising score matching) or flow-matching prior on points ``z``.
 
     Arguments:
@@ -204,7 +204,10 @@ def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_c
         ema_decay: EMA of the parameters used for sampling (``None``: no EMA).
         sde, sde_kwargs: ``"vp"`` | ``"subvp"`` | ``"ve"`` and its constructor arguments (diffusion).
         coupling: ``"independent"`` or ``"ot"`` (minibatch optimal transport within conditions; flow only).
-        seed, progress, checkpoint_dir, resume: as :func:`genjax.fit`.
+        seed, progress, checkpoint_dir, resume, restart: as :func:`genjax.fit`; checkpoints every 200 steps and at
+            the end.
+        fingerprint: what else identifies the run (e.g. the earlier stage's parameters), added to the prior's own
+            settings in the checkpoints' run fingerprint.
         train_kwargs: further :class:`genjax.TrainConfig` fields.
 
     Returns:
@@ -219,6 +222,8 @@ def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_c
            "n_categories": tuple(int(k) for k in net["n_categories"])}
     check_choice("kind", kind, PriorFamily)
     check_choice("sde", sde, SDEName)
+    steps, batch_size = check_int("steps", steps), check_int("batch_size", batch_size)
+    check_range("lr", lr, low=0.0, low_open=True)
     z = jnp.asarray(z, jnp.float32)
     if kind == "diffusion":
         prior = DiffusionPrior(int(z.shape[1]), net, sde={"name": sde, **(sde_kwargs or {})})
@@ -226,10 +231,13 @@ def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_c
         prior = FlowPrior(int(z.shape[1]), net)
     objective = prior.objective(cond_dropout, coupling)  # checks the options before any compute
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(lr, steps, 0.1)))
+    own = {"prior.family": kind, **{f"prior.{k}": v for k, v in net.items()}, "prior.lr": lr, "prior.steps": steps,
+           "prior.cond_dropout": cond_dropout, "prior.coupling": coupling, **prior._family_config()}
     res = fit_field(z, objective, prior.module, cond=cond, optimizer=optimizer, seed=seed, max_steps=steps,
                     batch_size=min(batch_size, z.shape[0]), ema_decay=ema_decay, progress=progress,
-                    checkpoint_dir=checkpoint_dir, resume=resume, checkpoint_every=10**9, description="prior",
-                    **train_kwargs)
+                    checkpoint_dir=checkpoint_dir, resume=resume, restart=restart,
+                    fingerprint={**own, **(fingerprint or {})}, checkpoint_every=10**9,
+                    checkpoint_every_steps=min(200, steps), description="prior", **train_kwargs)
     prior.params = res.params
     return prior, res.history
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._checks import check_int
+from .._checks import check_int, check_range
 from ..data import (
     Condition,
     CountBatch,
@@ -39,6 +39,7 @@ from ..data import (
     validate_counts,
 )
 from ..likelihoods import SMALL
+from ..training import TrainingDivergedError, json_digest, tree_digest
 from ..training import fit as _fit
 from ..vae import (
     VAEModule,
@@ -243,6 +244,7 @@ class VAE(SavedModel):
         patience: int = 45,
         checkpoint_dir=None,
         resume: bool = False,
+        restart: bool = False,
         seed: int = 0,
         progress: bool = True,
         devices=None,
@@ -261,7 +263,10 @@ class VAE(SavedModel):
             train_size: fraction of cells used for training, the rest validates (scvi-tools: 0.9).
             early_stopping, patience: stop when the validation loss has not improved for ``patience`` epochs.
             checkpoint_dir: orbax checkpoints (periodic and best) of the run; ``resume=True`` continues from the
-                newest one exactly as the uninterrupted run would have.
+                newest one exactly as the uninterrupted run would have, if it was written by this model on these
+                data with these settings (its fingerprint, :meth:`fingerprint` plus the optimiser and schedule
+                settings; otherwise :class:`~genjax.training.FingerprintMismatchError` names what differs);
+                ``restart=True`` moves the folder's checkpoints aside (kept) and starts afresh.
             seed: seed of the split, the data order and every random draw of the run.
             progress: tqdm progress bar with the running loss.
             devices: data-parallel training over devices (see :func:`genjax.fit`).
@@ -272,8 +277,14 @@ class VAE(SavedModel):
             ``kl_l``, ``kl_weight``, ``elbo`` and, with a validation split, ``val_loss``, ``val_elbo``, ...
 
         Raises:
-            ValueError: bad settings (see :func:`genjax.fit`), or no training data after the split.
+            ValueError: bad settings (named, before any compute; see also :func:`genjax.fit`), or no training data
+                after the split.
+            FingerprintMismatchError: ``resume`` with checkpoints of another run.
+            TrainingDivergedError: a step's loss or gradient was not finite; the model keeps the parameters of
+                the last finite step.
         """
+        _check_fit_args(max_epochs=max_epochs, batch_size=batch_size, lr=lr, eps=eps, weight_decay=weight_decay,
+                        kl_warmup_epochs=kl_warmup_epochs, beta=beta, train_size=train_size, patience=patience)
         data = self._data_for(None)
         n = data.n
         max_epochs = default_max_epochs(n) if max_epochs is None else int(max_epochs)
@@ -282,16 +293,36 @@ class VAE(SavedModel):
         warmup = int(round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs else None
         optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, eps=eps))
         loss_fn = make_vae_loss(self.module, beta=beta, warmup_steps=warmup)
-        result = _fit(
-            loss_fn, self.params, data.source(train_idx), optimizer=optimizer,
-            val_data=data.source(val_idx) if len(val_idx) else None, eval_fn=make_vae_eval_loss(self.module),
-            seed=seed, checkpoint_dir=checkpoint_dir, resume=resume, devices=devices, description="VAE",
-            max_epochs=max_epochs, batch_size=batch_size, early_stopping=early_stopping, patience=patience,
-            progress=progress, **train_config)
+        fingerprint = {**self.fingerprint(data), "lr": lr, "eps": eps, "weight_decay": weight_decay,
+                       "kl_warmup_steps": warmup, "beta": beta, "train_size": train_size}
+        try:
+            result = _fit(
+                loss_fn, self.params, data.source(train_idx), optimizer=optimizer,
+                val_data=data.source(val_idx) if len(val_idx) else None, eval_fn=make_vae_eval_loss(self.module),
+                seed=seed, checkpoint_dir=checkpoint_dir, resume=resume, restart=restart, fingerprint=fingerprint,
+                devices=devices, description="VAE", max_epochs=max_epochs, batch_size=batch_size,
+                early_stopping=early_stopping, patience=patience, progress=progress, **train_config)
+        except TrainingDivergedError as err:  # keep the last finite parameters, then report
+            self.params = jax.tree.map(jnp.asarray, err.result.state.params)
+            self.history = list(err.result.history)
+            raise
         self.params = jax.tree.map(jnp.asarray, result.state.params)
         self.history = list(result.history)
         self.train_indices, self.validation_indices = train_idx, val_idx
         return self.history
+
+    def fingerprint(self, data: CountData | None = None) -> dict:
+        """What identifies this model and its training data in a checkpoint's run fingerprint: every option, the
+        genes, the condition categories and covariate statistics, and digests of the cell names and of the
+        encoded data (library sizes, codes, covariates) of ``data`` (default: the training data)."""
+        data = self._data_for(None) if data is None else data
+        adata_names = None if self.adata is None else list(map(str, self.adata.obs_names))
+        return {**{f"option.{k}": v for k, v in self.config.to_dict().items()},
+                "genes": json_digest(list(self.registry.var_names)),
+                "conditions": {k: list(v) for k, v in self.registry.conditions.items()},
+                "continuous": {k: list(v) for k, v in self.registry.continuous.items()},
+                "cells": json_digest(adata_names),
+                "data": tree_digest([data.log_lib, data.cat, data.cont])}
 
     def functions(self, *, beta: float = 1.0, warmup_steps: int | None = None) -> VAEFunctions:
         """Pure, jittable functions of ``(params, arrays)`` for this model (see :class:`VAEFunctions`)."""
@@ -563,6 +594,26 @@ class VAE(SavedModel):
                 parameters that do not match the configuration (naming the file).
         """
         return super().load(path, adata=adata)
+
+
+def _check_fit_args(*, max_epochs, batch_size, lr, eps, weight_decay, kl_warmup_epochs, beta, train_size,
+                    patience) -> None:
+    """Host-side checks of :meth:`VAE.fit`'s settings, before any compute.
+
+    Raises:
+        ValueError: naming the first bad setting and its value.
+    """
+    if max_epochs is not None:
+        check_int("max_epochs", max_epochs)
+    check_int("batch_size", batch_size)
+    check_int("patience", patience)
+    check_range("lr", lr, low=0.0, low_open=True)
+    check_range("eps", eps, low=0.0, low_open=True)
+    check_range("weight_decay", weight_decay, low=0.0)
+    check_range("beta", beta, low=0.0)
+    check_range("train_size", train_size, low=0.0, high=1.0, low_open=True)
+    if kl_warmup_epochs is not None:
+        check_range("kl_warmup_epochs", kl_warmup_epochs, low=0.0)
 
 
 def _prepare(adata, registry: DataRegistry, config: VAEConfig, *, training: bool = False) -> CountData:

@@ -6,23 +6,31 @@
   :class:`FitResult`;
 * field networks (``_fit_field.py``): :func:`fit_field`, :func:`fit_score_model`, :func:`fit_flow_model`,
   :class:`FieldFit`;
-* feeding data (``_feed.py``), data parallelism across devices and hosts (``_distributed.py``), checkpoints and
-  atomic saves (``_checkpoint.py``).
+* feeding data (``_feed.py``), data parallelism across devices and hosts (``_distributed.py``);
+* what protects a run: checkpoints with checksums (``_checkpoint.py``), run fingerprints (``_fingerprint.py``), the
+  folder lock (``_lock.py``), divergence detection (``_step.py``), atomic model saves (``_saving.py``).
 """
 
 from ._checkpoint import CheckpointManager as CheckpointManager
-from ._checkpoint import atomic_directory as atomic_directory
-from ._checkpoint import load_pytree as load_pytree
-from ._checkpoint import save_pytree as save_pytree
+from ._checkpoint import CorruptCheckpointError as CorruptCheckpointError
 from ._config import FitResult as FitResult
 from ._config import TrainConfig as TrainConfig
 from ._distributed import DATA_AXIS as DATA_AXIS
 from ._distributed import initialize_distributed as initialize_distributed
+from ._fingerprint import FingerprintMismatchError as FingerprintMismatchError
+from ._fingerprint import json_digest as json_digest
+from ._fingerprint import tree_digest as tree_digest
 from ._fit_field import FieldFit as FieldFit
 from ._fit_field import fit_field as fit_field
 from ._fit_field import fit_flow_model as fit_flow_model
 from ._fit_field import fit_score_model as fit_score_model
+from ._lock import CheckpointLockedError as CheckpointLockedError
+from ._lock import DirectoryLock as DirectoryLock
+from ._loop import TrainingDivergedError as TrainingDivergedError
 from ._loop import fit as fit
+from ._saving import atomic_directory as atomic_directory
+from ._saving import load_pytree as load_pytree
+from ._saving import save_pytree as save_pytree
 from ._state import TrainState as TrainState
 from ._state import init_train_state as init_train_state
 from ._step import make_chunk_runner as make_chunk_runner

@@ -1,39 +1,59 @@
-"""Checkpoints: orbax managers for training runs, and atomic single-file pytree saves for models.
+"""Checkpoints of a training run: orbax managers with a lock, array checksums and fingerprint checks.
 
-Two kinds of persistence live here:
+:class:`CheckpointManager` keeps the state of a training run (params, optimizer state, EMA, PRNG key, step) together
+with a JSON record of where the run is (epoch, position in the epoch, history, early-stopping state, the run's
+fingerprint). It wraps two orbax ``CheckpointManager`` instances: ``latest/`` (the last ``keep`` periodic
+checkpoints) and ``best/`` (the single best by validation loss).
 
-* :class:`CheckpointManager` keeps the state of a training run (params, optimizer state, EMA, PRNG key, step)
-  together with a JSON record of where the run is (epoch, position in the epoch, history, early-stopping state).
-  It wraps two orbax ``CheckpointManager`` instances: ``latest/`` (the last ``keep`` periodic checkpoints) and
-  ``best/`` (the single best by validation loss). Orbax writes each step into a temporary directory and renames it
-  when complete, so a run killed mid-save leaves at most a temporary directory that is never read. A checkpoint
-  that fails to restore (truncated or corrupt files) is skipped with a warning naming its path, and the next
-  older one is tried.
-* :func:`save_pytree` / :func:`load_pytree` write a model's parameters as one msgpack file, atomically (written
-  to a temporary file, fsynced, then renamed over the target), so a saved model is never half-written.
+What protects a user's run:
+
+* orbax writes each step into a temporary directory and renames it when complete, so a run killed mid-save leaves
+  at most a temporary directory that is never read;
+* every array's CRC-32 is recorded in the step's JSON record and verified on restore: a checkpoint whose bytes
+  changed (or that fails to restore at all) is skipped with a warning naming its path, and the next older one is
+  tried;
+* a checkpoint is restored only after its JSON record was accepted by the caller (the training loop compares the
+  run fingerprints there), so a mismatched resume fails before any array is read and deletes nothing;
+* the folder is locked (:class:`~genjax.training.DirectoryLock`) while a process writes it;
+* :meth:`move_aside` renames the folder's checkpoints to a sibling folder (``restart``): they are never deleted
+  by a new run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
+import time
 import warnings
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import serialization
 
-__all__ = ["CheckpointManager", "save_pytree", "load_pytree", "atomic_directory"]
+from .._checks import check_int
+from ._lock import DirectoryLock
+
+__all__ = ["CheckpointManager", "CorruptCheckpointError", "array_checksums"]
+
+_SUBFOLDERS = ("latest", "best")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's arrays do not match the checksums recorded when it was written."""
 
 
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def array_checksums(tree: Any) -> dict[str, str]:
+    """``{leaf path: CRC-32 of its bytes}`` of a pytree of arrays (read to the host)."""
+    return {jax.tree_util.keystr(path): format(zlib.crc32(np.ascontiguousarray(np.asarray(leaf)).tobytes()), "08x")
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class CheckpointManager:
@@ -47,36 +67,42 @@ class CheckpointManager:
 
     The saved ``state`` is any pytree of arrays (the training loop saves a :class:`~genjax.TrainState` converted
     by ``TrainState.to_tree``); ``meta`` is a JSON-serialisable dict.
+
+    Raises:
+        CheckpointLockedError: another live process writes ``directory``.
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1; got {keep}")
+        self.keep = check_int("keep", keep)
+        self.async_save = async_save
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
-        opts = dict(enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        self._lock = DirectoryLock(self.directory)
+        if jax.process_index() == 0:  # the writer (in multi-process runs process 0 alone saves)
+            self._lock.acquire()
+        self._open()
+
+    def _open(self) -> None:
+        opts = dict(enable_async_checkpointing=self.async_save, create=True, cleanup_tmp_directories=True)
         if jax.process_count() > 1:
             # multi-process runs: each process reads on its own; only process 0 saves (state is replicated)
             me = jax.process_index()
             opts["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
                 primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"genjax-p{me}")
         self._latest = ocp.CheckpointManager(
-            self.directory / "latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts),
-            item_names=("state", "meta"),
-        )
+            self.directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, **opts),
+            item_names=("state", "meta"))
         self._best = ocp.CheckpointManager(
-            self.directory / "best",
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts),
-            item_names=("state", "meta"),
-        )
+            self.directory / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts),
+            item_names=("state", "meta"))
 
     @staticmethod
     def _args(state, meta):
         return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
     def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
-        """Save ``state`` and ``meta`` as checkpoint ``step`` of ``latest/`` (and of ``best/`` if ``best``).
+        """Save ``state`` and ``meta`` as checkpoint ``step`` of ``latest/`` (and of ``best/`` if ``best``); the
+        arrays' checksums are added to the saved ``meta`` under ``"checksums"``.
 
         In a multi-process run only process 0 writes; the call is a no-op elsewhere.
         """
@@ -85,7 +111,7 @@ class CheckpointManager:
         # Asynchronous saves serialise ``meta`` in a background thread: snapshot it now, or the caller's later
         # changes (the training loop appends to its history) leak into this checkpoint. The round trip also
         # raises here, not in the writer thread, if ``meta`` is not JSON-serialisable.
-        meta = json.loads(json.dumps(meta))
+        meta = json.loads(json.dumps({**meta, "checksums": array_checksums(state)}))
         targets = [self._latest, self._best] if best else [self._latest]
         for manager in targets:
             if int(step) in manager.all_steps():  # re-running a step after resuming from an older checkpoint
@@ -93,46 +119,80 @@ class CheckpointManager:
                 manager.delete(int(step))
             manager.save(int(step), args=self._args(state, meta), force=True)
 
-    def _restore(self, manager, abstract_state):
+    def _read_meta(self, manager, step: int) -> dict:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def _restore(self, manager, like_state, accept: Callable[[dict], None] | None):
         manager.reload()
         for step in sorted(manager.all_steps(), reverse=True):
             path = manager.directory / str(step)
             try:
-                out = manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as err:  # corrupt or partial: name it and fall back to the previous one
-                warnings.warn(
-                    f"checkpoint {path} is partial or corrupt and was skipped "
-                    f"({type(err).__name__}: {str(err)[:200]})",
-                    stacklevel=3,
-                )
+                meta = self._read_meta(manager, step)
+            except Exception as err:  # unreadable record: a damaged step
+                warnings.warn(f"checkpoint {path} has an unreadable record and was skipped ({type(err).__name__}: "
+                              f"{str(err)[:200]})", stacklevel=3)
                 continue
-            return out.state, out.meta, step
+            if accept is not None:
+                accept(meta)  # raises for a checkpoint of another run: nothing is read or deleted
+            try:
+                state = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract(like_state)))).state
+                _verify(state, meta.get("checksums"), path)
+            except Exception as err:  # corrupt or partial: name it and fall back to the previous one
+                warnings.warn(f"checkpoint {path} is partial or corrupt and was skipped "
+                              f"({type(err).__name__}: {str(err)[:200]})", stacklevel=3)
+                continue
+            return state, meta, step
         return None
 
-    def restore_latest(self, like_state: Any):
+    def restore_latest(self, like_state: Any, accept: Callable[[dict], None] | None = None):
         """Restore the newest readable periodic checkpoint.
 
         Arguments:
             like_state: a pytree with the structure, shapes and dtypes of the saved state (e.g. freshly
                 initialised); only its structure is used (restored into ``jax.eval_shape``-style targets).
+            accept: called with each candidate's JSON record before its arrays are read; raising there (e.g. a
+                fingerprint mismatch) stops the restore with that error.
 
         Returns:
             ``(state, meta, step)``, or ``None`` when there is no readable checkpoint.
         """
-        return self._restore(self._latest, _abstract(like_state))
+        return self._restore(self._latest, like_state, accept)
 
-    def restore_best(self, like_state: Any):
+    def restore_best(self, like_state: Any, accept: Callable[[dict], None] | None = None):
         """Restore the best checkpoint; same contract as :meth:`restore_latest`."""
-        return self._restore(self._best, _abstract(like_state))
+        return self._restore(self._best, like_state, accept)
 
     def latest_step(self) -> int | None:
+        """The newest periodic checkpoint's step, or ``None``."""
         self._latest.reload()
         return self._latest.latest_step()
+
+    def has_checkpoints(self) -> bool:
+        """Whether the folder holds any periodic or best checkpoint."""
+        self._latest.reload()
+        self._best.reload()
+        return bool(self._latest.all_steps() or self._best.all_steps())
+
+    def move_aside(self) -> Path | None:
+        """Move the existing checkpoints to a sibling folder ``<name>.replaced-<time>`` (nothing is deleted) and
+        start empty. Returns the new folder of the old checkpoints, or ``None`` when there were none."""
+        if not self.has_checkpoints():
+            return None
+        self.wait()
+        self._latest.close()
+        self._best.close()
+        aside = self.directory.with_name(f"{self.directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 0
+        while aside.exists():
+            n += 1
+            aside = aside.with_name(f"{aside.name.split('~')[0]}~{n}")
+        aside.mkdir()
+        for name in _SUBFOLDERS:
+            if (self.directory / name).exists():
+                os.replace(self.directory / name, aside / name)
+        self._open()
+        return aside
 
     def wait(self) -> None:
         """Block until all pending asynchronous saves have committed."""
@@ -140,81 +200,24 @@ class CheckpointManager:
         self._best.wait_until_finished()
 
     def close(self) -> None:
-        self.wait()
-        self._latest.close()
-        self._best.close()
+        """Wait for the pending saves, close the managers and release the folder's lock."""
+        try:
+            self.wait()
+            self._latest.close()
+            self._best.close()
+        finally:
+            self._lock.release()
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike):
-    """Context manager yielding a temporary directory that replaces ``path`` only when the block succeeds.
+def _verify(state: Any, checksums: dict | None, path: Path) -> None:
+    """Compare a restored state with the checksums recorded at save time (none recorded: nothing to check).
 
-    The old contents of ``path`` (if any) survive until the new directory is complete; if the block raises, the
-    temporary directory is removed and ``path`` is untouched.
+    Raises:
+        CorruptCheckpointError: naming the first array whose bytes differ.
     """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def save_pytree(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) -> None:
-    """Write a pytree of arrays (e.g. Flax params) to ``path`` as msgpack, atomically.
-
-    Arrays are stored bit-exactly (dtype and shape preserved). ``metadata`` (JSON-serialisable) is written
-    beside it as ``<path>.json``, also atomically.
-    """
-    path = Path(path)
-    host = jax.tree.map(np.asarray, tree)
-    _atomic_write_bytes(path, serialization.msgpack_serialize(serialization.to_state_dict(host)))
-    if metadata is not None:
-        _atomic_write_bytes(path.with_suffix(path.suffix + ".json"), json.dumps(metadata, indent=1).encode())
-
-
-def load_pytree(path: str | os.PathLike, target: Any | None = None) -> Any:
-    """Read a pytree written by :func:`save_pytree`.
-
-    Arguments:
-        path: the file.
-        target: optional pytree of the expected structure; when given the result has its structure (NamedTuples,
-            dataclasses restored) and a mismatch raises ``ValueError`` naming the differing entry.
-
-    Returns:
-        The pytree with ``numpy`` leaves.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved pytree at {path}")
-    state = serialization.msgpack_restore(path.read_bytes())
-    if target is None:
-        return state
-    try:
-        return serialization.from_state_dict(target, state)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"saved pytree at {path} does not match the expected structure: {err}") from err
+    if not checksums:
+        return
+    for name, value in array_checksums(state).items():
+        if checksums.get(name) != value:
+            raise CorruptCheckpointError(f"array {name} of {path} does not match its checksum (written "
+                                         f"{checksums.get(name)}, read {value}): the file was altered or damaged")

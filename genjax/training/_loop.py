@@ -37,11 +37,12 @@ from ._checkpoint import CheckpointManager
 from ._config import FitResult, TrainConfig
 from ._distributed import DATA_AXIS, first_replica, place, resolve_mesh
 from ._feed import Feeder
+from ._fingerprint import FingerprintMismatchError, fingerprint_diff, structure_digest
 from ._state import TrainState, init_train_state
 from ._step import make_chunk_runner, make_evaluator, make_train_step
 from ._trackers import CheckpointCadence, EarlyStopping, PartialEpoch, ProgressBar, means
 
-__all__ = ["fit"]
+__all__ = ["fit", "TrainingDivergedError"]
 
 
 def fit(
@@ -56,6 +57,8 @@ def fit(
     seed: int = 0,
     checkpoint_dir=None,
     resume: bool = False,
+    restart: bool = False,
+    fingerprint: dict | None = None,
     devices=None,
     description: str = "train",
     **config_overrides,
@@ -78,8 +81,17 @@ def fit(
         seed: integer seed of the whole run (parameter-independent randomness: step keys and data order).
         checkpoint_dir: if given, periodic and best checkpoints are written there (orbax, async).
         resume: continue from the newest readable checkpoint in ``checkpoint_dir`` (if there is one). The run
-            then continues exactly as the uninterrupted run would have (same keys, same batches). Resuming with
-            a different ``batch_size``, ``steps_per_dispatch`` or ``seed`` raises ``ValueError``.
+            then continues exactly as the uninterrupted run would have (same keys, same batches). The checkpoint
+            must have the same fingerprint (``fingerprint`` plus the loop's own settings: ``batch_size``,
+            ``steps_per_dispatch``, ``seed``, the number of examples, ``ema_decay`` and the structure of the
+            parameters and optimizer state); otherwise :class:`FingerprintMismatchError` names every field that
+            differs, before anything is read or written. The budget (``max_epochs`` / ``max_steps``) may differ:
+            resuming with a longer one continues as an uninterrupted run of that length would.
+        restart: move the checkpoints already in ``checkpoint_dir`` aside (to ``<dir>.replaced-<time>``; nothing
+            is deleted) and start afresh. Without ``resume`` or ``restart``, a ``checkpoint_dir`` that holds
+            checkpoints is refused, so that a new run never overwrites an earlier one.
+        fingerprint: what identifies this run beyond the loop's settings (model options, optimiser settings, data
+            identity, earlier stages): a flat JSON-serialisable dict stored with every checkpoint.
         devices: ``None`` (one device), an int ``n`` (data parallel over the first ``n`` local devices), a list
             of devices, or ``"all"`` (every device of every process, after ``jax.distributed.initialize``). Data
             parallel runs ``pmap`` the same step: the state is replicated, each global batch is split into equal
@@ -91,14 +103,23 @@ def fit(
         :class:`FitResult` ``(state, history, best_params)`` (single-device arrays).
 
     Raises:
-        ValueError: inconsistent data shapes, bad config values, ``resume`` without ``checkpoint_dir``, a global
-            batch that does not divide by the device count, or a checkpoint written with incompatible settings.
+        ValueError: inconsistent data shapes, bad config values, ``resume`` or ``restart`` without
+            ``checkpoint_dir``, a global batch that does not divide by the device count, or a
+            ``checkpoint_dir`` that holds checkpoints without ``resume`` / ``restart``.
+        FingerprintMismatchError: the checkpoint to resume was written by a run with another fingerprint.
+        CheckpointLockedError: another live process writes ``checkpoint_dir``.
+        TrainingDivergedError: a step's loss or gradient was not finite; the run stops there, its parameters stay
+            at the last finite step (``err.result`` is the :class:`FitResult` up to there) and no non-finite
+            state is ever checkpointed.
     """
     config = dataclasses.replace(config or TrainConfig(), **config_overrides)
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs a checkpoint_dir")
-    setup, state = _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, devices)
-    checkpoints = _Checkpoints.open(checkpoint_dir, config, setup)
+    if (resume or restart) and checkpoint_dir is None:
+        raise ValueError(f"{'resume' if resume else 'restart'}=True needs a checkpoint_dir")
+    if resume and restart:
+        raise ValueError("resume=True and restart=True exclude each other: continue the run, or start afresh")
+    setup, state = _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, devices,
+                            fingerprint)
+    checkpoints = _Checkpoints.open(checkpoint_dir, config, setup, resume=resume, restart=restart)
     try:
         run = _train(setup, _start(setup, state, checkpoints, resume), checkpoints, description)
     finally:
@@ -119,7 +140,8 @@ class _Setup(NamedTuple):
     eval_key: PRNGKeyArray
     total_steps: int
     n_epochs: int
-    settings: dict  # what a resumed run must share with the checkpoint it resumes (checkpoint meta "settings")
+    settings: dict  # the loop's own settings (checkpoint meta "settings", read by genjax <= 0.1)
+    fingerprint: dict  # what a resumed run must share with the checkpoint it resumes (meta "fingerprint")
 
 
 class _Run(NamedTuple):
@@ -133,6 +155,8 @@ class _Run(NamedTuple):
     best_params: Params
     elapsed: float  # seconds trained before this call (by the runs it resumes)
     stop: bool = False  # early stopping said stop
+    halted: Any = None  # device bool: a step was not finite (the state stays at the last finite step)
+    unchecked: Any = None  # (first step, per-step metrics) of the last dispatch, not yet checked for divergence
 
 
 class _Clock(NamedTuple):
@@ -156,7 +180,7 @@ def _host(placed: TrainState, mesh: Mesh | None) -> TrainState:
     return placed if mesh is None else first_replica(placed)
 
 
-def _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, devices):
+def _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, devices, fingerprint):
     """Check the inputs and build the run's fixed parts (a :class:`_Setup`) and its initial :class:`TrainState`."""
     optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
     n_train = num_examples(data)
@@ -185,9 +209,14 @@ def _prepare(loss_fn, params, data, val_data, optimizer, eval_fn, config, seed, 
         eval_fn = lambda p, b, k: loss_fn(p, b, k, jnp.asarray(2**30, jnp.int32))  # noqa: E731
     settings = {"batch_size": batch_size, "steps_per_dispatch": config.steps_per_dispatch, "seed": seed,
                 "n_train": n_train}
-    return _Setup(config, train, val, mesh, make_chunk_runner(step_fn, mesh=mesh, payload_sharded=train.host),
-                  make_evaluator(eval_fn) if val is not None else None, eval_key, total_steps,
-                  math.ceil(total_steps / train.steps_per_epoch), settings), state
+    # what changes the steps' computation; the budget (max_epochs / max_steps) may change: a resumed run that
+    # trains longer equals an uninterrupted run of the longer budget
+    loop = {**settings, "ema_decay": config.ema_decay, "params_structure": structure_digest(params),
+            "optimizer_state_structure": structure_digest(state.opt_state)}
+    run_chunk = make_chunk_runner(step_fn, mesh=mesh, payload_sharded=train.host, halt=True)
+    return _Setup(config, train, val, mesh, run_chunk, make_evaluator(eval_fn) if val is not None else None,
+                  eval_key, total_steps, math.ceil(total_steps / train.steps_per_epoch), settings,
+                  {**loop, **(fingerprint or {})}), state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,29 +226,66 @@ class _Checkpoints:
     A checkpoint's ``meta`` (JSON) records where the run stands, so that a resumed run continues bit for bit:
     ``epoch`` (the epoch in progress, or the next one after an epoch's end), ``pos`` (its next step),
     ``sums`` (the metric sums of its steps ``[0, pos)``), ``history``, ``best``, ``best_epoch``, ``bad_epochs``
-    (early stopping), ``settings`` (what a resumed run must share) and ``elapsed`` (training seconds).
+    (early stopping), ``elapsed`` (training seconds), ``fingerprint`` (what a resumed run must share) and
+    ``settings`` (the loop's part of it, as genjax <= 0.1 recorded it).
     """
 
     manager: CheckpointManager | None
     directory: Any  # as given to fit (named in errors)
     cadence: CheckpointCadence
     settings: dict
+    fingerprint: dict
     mesh: Mesh | None
 
     @classmethod
-    def open(cls, directory, config: TrainConfig, setup: _Setup) -> _Checkpoints:
-        """Open ``directory`` (nothing when ``None``) with the cadence of ``config``."""
+    def open(cls, directory, config: TrainConfig, setup: _Setup, *, resume: bool, restart: bool) -> _Checkpoints:
+        """Open ``directory`` (nothing when ``None``) with the cadence of ``config``; with ``restart`` its
+        checkpoints are moved aside first.
+
+        Raises:
+            ValueError: ``directory`` holds checkpoints and neither ``resume`` nor ``restart`` was asked for.
+        """
         manager = CheckpointManager(directory, keep=config.keep) if directory is not None else None
+        if manager is not None and not resume:
+            if restart:
+                aside = manager.move_aside()
+                if aside is not None:
+                    warnings.warn(f"restart: the earlier checkpoints of {directory} were moved to {aside}",
+                                  stacklevel=3)
+            elif manager.has_checkpoints():
+                manager.close()
+                raise ValueError(f"{directory} already holds the checkpoints of a run (newest step "
+                                 f"{manager.latest_step()}); pass resume=True to continue it, or restart=True (CLI "
+                                 "--restart) to move them aside and start afresh")
         cadence = CheckpointCadence(config.checkpoint_every, config.checkpoint_every_steps)
-        return cls(manager, directory, cadence, setup.settings, setup.mesh)
+        return cls(manager, directory, cadence, setup.settings, setup.fingerprint, setup.mesh)
 
     def save(self, run: _Run, elapsed: float, *, best: bool = False) -> None:
         """Save ``run`` as checkpoint ``run.step`` (and as the best checkpoint if ``best``)."""
         meta = {"epoch": run.part.epoch, "pos": run.part.pos, "history": run.history,
                 "best": run.stopping.best, "best_epoch": run.stopping.best_epoch,
                 "bad_epochs": run.stopping.bad_epochs, "settings": self.settings, "elapsed": elapsed,
-                "sums": run.part.sums_to_json()}
+                "sums": run.part.sums_to_json(), "fingerprint": self.fingerprint}
         self.manager.save(run.step, _host(run.placed, self.mesh).to_tree(), meta, best=best)
+
+    def _accept(self, meta: dict) -> None:
+        """Refuse a checkpoint written by another run (before its arrays are read).
+
+        Raises:
+            FingerprintMismatchError: naming every field that differs, and what to do.
+        """
+        if "fingerprint" in meta:
+            diff = fingerprint_diff(meta["fingerprint"], self.fingerprint)
+        else:  # written by genjax <= 0.1: only the loop's settings were recorded
+            diff = fingerprint_diff({k: meta["settings"].get(k) for k in self.settings}, self.settings)
+            if not diff:
+                warnings.warn(f"{self.directory} was written by an earlier genjax without a run fingerprint: only "
+                              f"{sorted(self.settings)} could be compared", stacklevel=5)
+        if diff:
+            raise FingerprintMismatchError(
+                f"cannot resume from {self.directory}: its checkpoints come from a different run. " + "; ".join(diff)
+                + ". Resume with the settings and data of that run, or pass restart=True (CLI --restart) to move "
+                "its checkpoints aside (they are kept) and start afresh", fields=[d.split(":")[0] for d in diff])
 
     def restore(self, run: _Run) -> _Run:
         """``run`` continued from the newest readable checkpoint (unchanged if there is none): its state,
@@ -227,18 +293,14 @@ class _Checkpoints:
         best checkpoint (those of ``run`` if there is none).
 
         Raises:
-            ValueError: the checkpoint was written with other :attr:`settings`.
+            FingerprintMismatchError: the checkpoint was written by a run with another fingerprint.
         """
-        restored = self.manager.restore_latest(run.placed.to_tree())
+        restored = self.manager.restore_latest(run.placed.to_tree(), accept=self._accept)
         if restored is None:
             return run
         tree, meta, _ = restored
-        for k, v in self.settings.items():
-            if meta["settings"].get(k) != v:
-                raise ValueError(f"cannot resume from {self.directory}: it was written with {k}="
-                                 f"{meta['settings'].get(k)!r}, this run has {k}={v!r}")
         state = TrainState.from_tree(tree)
-        best = self.manager.restore_best(state.to_tree())
+        best = self.manager.restore_best(state.to_tree(), accept=self._accept)
         return run._replace(
             placed=state, part=PartialEpoch(meta["epoch"], meta["pos"], PartialEpoch.sums_from_json(meta["sums"])),
             history=meta["history"], elapsed=meta["elapsed"],
@@ -262,7 +324,8 @@ def _start(setup: _Setup, state: TrainState, checkpoints: _Checkpoints, resume: 
         run = checkpoints.restore(run)
     step = int(run.placed.step)
     placed = run.placed if setup.mesh is None else place(run.placed, NamedSharding(setup.mesh, P()))
-    return run._replace(placed=placed, step=step)
+    halted = jnp.zeros((), bool) if setup.mesh is None else place(jnp.zeros((), bool), NamedSharding(setup.mesh, P()))
+    return run._replace(placed=placed, step=step, halted=halted)
 
 
 def _train(setup: _Setup, run: _Run, checkpoints: _Checkpoints, description: str) -> _Run:
@@ -286,16 +349,56 @@ def _run_epoch(setup: _Setup, run: _Run, checkpoints: _Checkpoints, bar: Progres
     epoch, spe = run.part.epoch, setup.train.steps_per_epoch
     stop_pos = min(spe, setup.total_steps - epoch * spe)
     for (a, b), payload, idx in setup.train.iterate(epoch, setup.train.plan(run.part.pos, stop_pos)):
-        placed, metrics = setup.run_chunk(run.placed, payload, idx)
+        placed, halted, metrics = setup.run_chunk(run.placed, payload, idx, run.halted)
         metrics = metrics if setup.mesh is None else first_replica(metrics)
+        nonfinite = metrics.pop("nonfinite")
         chunk_sums = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
         part = run.part.add(b, chunk_sums)
         bar.dispatched(b - a, chunk_sums["loss"], epoch)
-        run = run._replace(placed=placed, step=run.step + (b - a), part=part)
+        _check_divergence(setup, run)  # the previous dispatch: finished by now (the bar read its loss)
+        run = run._replace(placed=placed, step=run.step + (b - a), part=part, halted=halted,
+                           unchecked=(run.step, nonfinite, metrics))
         if checkpoints.manager is not None and checkpoints.cadence.mid_epoch(run.step, b - a, b, stop_pos):
+            _check_divergence(setup, run)  # never checkpoint past a non-finite step
             checkpoints.save(run, clock())
     bar.flush()
-    return run
+    _check_divergence(setup, run)
+    return run._replace(unchecked=None)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A training step's loss or gradient was not finite; ``result`` is the :class:`FitResult` up to the last
+    finite step (its parameters are those before the first non-finite step)."""
+
+    def __init__(self, message: str, result: FitResult | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+def _check_divergence(setup: _Setup, run: _Run) -> None:
+    """Raise when the last unchecked dispatch had a non-finite step (reads one scalar of a finished dispatch).
+
+    Raises:
+        TrainingDivergedError: naming the global step, its epoch and the terms that were not finite; its
+            ``result`` holds the state of the last finite step (kept on the device by the runner's halt flag).
+    """
+    if run.unchecked is None:
+        return
+    start, nonfinite, metrics = run.unchecked
+    flags = jax.device_get(nonfinite)
+    if not flags.any():
+        return
+    i = int(flags.argmax())
+    values = {k: float(jax.device_get(v[i])) for k, v in metrics.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)] or ["gradient (the loss was finite)"]
+    state = _host(run.placed, setup.mesh)
+    last_good = int(state.step)
+    raise TrainingDivergedError(
+        f"training diverged at step {start + i + 1} (epoch {start // setup.train.steps_per_epoch}): non-finite "
+        f"{', '.join(bad)}. The parameters stay at step {last_good}, the last finite one; no non-finite state was "
+        "checkpointed. Lower the learning rate, clip the gradients (optax.clip_by_global_norm), or check the data "
+        "for extreme values",
+        FitResult(state, run.history, run.best_params))
 
 
 def _validate(setup: _Setup, params: Params, epoch: int) -> dict[str, float]:
