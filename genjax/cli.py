@@ -4,6 +4,12 @@
 the cell-type-conditional latent generator on the 80%, generates as many cells per cell type as the held-out 20%
 has, evaluates them against the held-out cells beside a real-vs-real control (the training cells), and writes
 ``report.md`` with tables and figures, ``generated.h5ad`` and the model to the output folder.
+
+Failures: every command checks that its inputs are readable AnnData files and that its outputs can be written
+*before* any training; an error is one line naming the file or flag, with exit status 2 for a usage problem (a
+flag, an input file, settings that do not match a checkpoint) and 1 for a failure while running (``--debug``
+shows the traceback instead). Models are written to a temporary folder and moved into place; if that fails after
+training, the model is saved elsewhere and the message says where.
 """
 
 from __future__ import annotations
@@ -11,103 +17,183 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
+from ._version import __version__
 from .data import stratified_split
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+
+class UsageError(Exception):
+    """A flag or input file the command cannot use (exit status 2)."""
 
 
 def _log(msg: str) -> None:
     print(f"[genjax {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value}")
+    return value
+
+
 def _parse_conditions(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"--condition expects KEY=VALUE; got {item!r}")
+            raise UsageError(f"--condition expects KEY=VALUE; got {item!r}")
         k, v = item.split("=", 1)
         out[k] = v
     return out
 
 
-def _read_h5ad(path: str, what: str):
+def _read_h5ad(path: str, flag: str):
+    """The AnnData at ``path``, or a :class:`UsageError` naming the flag and why the file cannot be read."""
     import anndata as ad
 
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"{what}: no such file {p}")
-    return ad.read_h5ad(p)
+        raise UsageError(f"{flag} {p}: no such file")
+    try:
+        return ad.read_h5ad(p)
+    except Exception as err:  # h5py / anndata raise many types for text, CSV or truncated files
+        raise UsageError(f"{flag} {p}: not a readable .h5ad file ({type(err).__name__}: {str(err)[:160]})") from None
 
 
-def _fit_generator(adata, args, out_model: Path | None):
+def _writable_dir(path: Path, flag: str) -> None:
+    """Check that the folder ``path`` can be created and written (nothing is left behind).
+
+    Raises:
+        UsageError: naming the flag, the path and the reason.
+    """
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".genjax-write-check-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write in {existing} ({err.strerror or err})") from None
+
+
+def _save_model(model, out: Path) -> Path:
+    """Save ``model`` to ``out`` (atomically); if that fails, save it to a folder in the temporary directory and
+    say where, so that a trained model is never lost to a late I/O error.
+
+    Raises:
+        RuntimeError: the save to ``out`` failed (the message names the folder the model was saved to instead).
+    """
+    try:
+        model.save(out)
+        return out
+    except OSError as err:
+        rescue = Path(tempfile.mkdtemp(prefix="genjax-rescued-")) / "model"
+        model.save(rescue)
+        raise RuntimeError(f"could not write the model to {out} ({err.strerror or err}); the trained model was saved "
+                           f"to {rescue} instead") from None
+
+
+def _checkpoints(out: Path) -> Path:
+    """The checkpoint folder of a model folder: ``<out>.ckpt`` beside it."""
+    return out.parent / (out.name + ".ckpt")
+
+
+def _fit_generator(adata, args, checkpoint_dir: Path | None):
     import genjax
 
     gen = genjax.LatentGenerator(adata, likelihood=args.likelihood, prior=args.prior, conditions=args.condition_key,
                                  layer=getattr(args, "layer", None), prior_clusters=args.prior_clusters,
                                  seed=args.seed)
     gen.fit(vae_epochs=args.vae_epochs, prior_steps=args.prior_steps, seed=args.seed, progress=not args.quiet,
-            checkpoint_dir=None if out_model is None else out_model.parent / (out_model.name + ".ckpt"),
-            resume=getattr(args, "resume", False))
+            checkpoint_dir=checkpoint_dir, resume=getattr(args, "resume", False),
+            restart=getattr(args, "restart", False))
     return gen
 
 
-def cmd_demo(args) -> int:
-    import anndata as ad
-    import jax
-    import numpy as np
-
+def _demo_data(args):
+    """PBMC3k (or a stratified subsample of ``--n-cells``) split 80/20 by cell type: ``(train, test)``."""
     import genjax
-    from genjax import report
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    _log(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s))")
     adata = genjax.datasets.pbmc3k()
     key = "cell_type"
+    n_types = adata.obs[key].nunique()
+    if args.n_cells is not None and args.n_cells < 10 * n_types:
+        raise UsageError(f"--n-cells {args.n_cells}: the demo needs at least {10 * n_types} cells (10 per cell type "
+                         f"of the {n_types} in PBMC3k)")
     if args.n_cells and args.n_cells < adata.n_obs:  # a quick run on a stratified subsample
         keep, _ = stratified_split(adata.obs[key], 1.0 - args.n_cells / adata.n_obs, seed=args.seed)
         adata = adata[keep].copy()
     train_idx, test_idx = stratified_split(adata.obs[key], 0.2, seed=args.seed)
-    train, test = adata[train_idx].copy(), adata[test_idx].copy()
-    _log(f"PBMC3k: {adata.n_obs} cells x {adata.n_vars} genes; {train.n_obs} training / {test.n_obs} held-out "
-         f"cells, split stratified by {key}")
+    _log(f"PBMC3k: {adata.n_obs} cells x {adata.n_vars} genes; {len(train_idx)} training / {len(test_idx)} "
+         f"held-out cells, split stratified by {key}")
+    return adata[train_idx].copy(), adata[test_idx].copy()
+
+
+def cmd_demo(args) -> int:
+    import jax
+    import numpy as np
+
+    from genjax import report
+
+    out = Path(args.out)
+    _writable_dir(out, "--out")
+    t0 = time.perf_counter()
+    _log(f"JAX backend: {jax.default_backend()} ({jax.device_count()} device(s))")
+    key = "cell_type"
+    train, test = _demo_data(args)
     args.condition_key = [key]
     gen = _fit_generator(train, args, None)
     _log(f"trained the VAE and the {args.prior} prior in {time.perf_counter() - t0:.0f} s")
+    out.mkdir(parents=True, exist_ok=True)
+    _save_model(gen, out / "model")
     t1 = time.perf_counter()
     generated = gen.generate(test.n_obs, seed=args.seed, guidance=args.guidance,
                              **{key: np.asarray(test.obs[key]).astype(str)})
-    _log(f"generated {generated.n_obs} cells ({', '.join(f'{c}: {n}' for c, n in generated.obs[key].value_counts().items())}) "
-         f"in {time.perf_counter() - t1:.1f} s")
-    gen.save(out / "model")
+    counts = ", ".join(f"{c}: {n}" for c, n in generated.obs[key].value_counts().items())
+    _log(f"generated {generated.n_obs} cells ({counts}) in {time.perf_counter() - t1:.1f} s")
     generated.write_h5ad(out / "generated.h5ad")
     _log("evaluating against the held-out cells (control: the training cells) ...")
-    history = gen.history.get("vae") or None
     # the control: training cells of the cell types that have held-out cells (a tiny subsample can leave a rare
     # type with training cells only)
     control = train[train.obs[key].astype(str).isin(set(test.obs[key].astype(str)))].copy()
-    ev, _ = report.evaluate_and_report(test, generated, out, control=control, condition_key=key, history=history,
-                                    title="genjax demo: PBMC3k cell-type-conditional latent generation",
-                                    seed=args.seed)
-    summary = _summary(ev)
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    ev, _ = report.evaluate_and_report(test, generated, out, control=control, condition_key=key,
+                                       history=gen.history.get("vae") or None, seed=args.seed,
+                                       title="genjax demo: PBMC3k cell-type-conditional latent generation")
+    summary = {**_summary(ev), "seconds": round(time.perf_counter() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     _log(f"overall: energy distance {summary['energy_distance']:.3f} (control {summary['energy_distance_control']:.3f}), "
          f"5-NN accuracy {summary['knn_accuracy']:.3f} (control {summary['knn_accuracy_control']:.3f}), "
          f"label accuracy {summary['label_accuracy']:.3f} (control {summary['label_accuracy_control']:.3f})")
     _log(f"wrote {out / 'report.md'}, {out / 'generated.h5ad'} and {out / 'model'} in {summary['seconds']:.0f} s")
-    del ad
     return 0
 
 
 def _summary(ev) -> dict:
     """Overall metric values of an evaluation (generated and control) as a flat dict."""
-    table = ev.table
-    rows = table[table["condition"] == "all"]
+    rows = ev.table[ev.table["condition"] == "all"]
     out = {}
     for _, r in rows.iterrows():
         out[r["metric"]] = float(r["generated"])
@@ -116,22 +202,26 @@ def _summary(ev) -> dict:
 
 
 def cmd_train(args) -> int:
-    adata = _read_h5ad(args.data, "--data")
     out = Path(args.out)
-    gen = _fit_generator(adata, args, out)
-    gen.save(out)
-    _log(f"saved the model to {out}")
+    _writable_dir(out, "--out")
+    _writable_dir(_checkpoints(out), "--out (its checkpoint folder)")
+    adata = _read_h5ad(args.data, "--data")
+    gen = _fit_generator(adata, args, _checkpoints(out))
+    _save_model(gen, out)
+    _log(f"saved the model to {out} (training checkpoints in {_checkpoints(out)})")
     return 0
 
 
 def cmd_generate(args) -> int:
     import genjax
 
-    model = Path(args.model)
-    gen = genjax.LatentGenerator.load(model)
-    conditions = _parse_conditions(args.condition)
-    adata = gen.generate(args.n, seed=args.seed, guidance=args.guidance, **conditions)
     out = Path(args.out)
+    _writable_dir(out.parent, "--out")
+    model = Path(args.model)
+    if not model.is_dir():
+        raise UsageError(f"--model {model}: no such model folder")
+    gen = genjax.LatentGenerator.load(model)
+    adata = gen.generate(args.n, seed=args.seed, guidance=args.guidance, **_parse_conditions(args.condition))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     adata.write_h5ad(tmp)
@@ -143,54 +233,67 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from genjax import report
 
+    out = Path(args.out)
+    _writable_dir(out, "--out")
     real = _read_h5ad(args.real, "--real")
     generated = _read_h5ad(args.generated, "--generated")
     control = _read_h5ad(args.control, "--control") if args.control else "split"
-    out = Path(args.out)
     ev, _ = report.evaluate_and_report(real, generated, out, control=control, condition_key=args.condition_key,
-                                    title="genjax evaluation", seed=args.seed)
+                                       title="genjax evaluation", seed=args.seed)
     _log(f"wrote {out / 'report.md'}")
     print(ev.table.to_string(index=False))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``genjax`` command (exit status 2 on a bad flag, as every usage error)."""
     p = argparse.ArgumentParser(prog="genjax", description="Generative models of gene-expression counts (JAX).")
+    p.add_argument("--version", action="version", version=f"genjax-counts {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def model_args(q, *, demo=False):
+    def common(q):
+        q.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+    def model_args(q):
         q.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson"])
         q.add_argument("--prior", default="diffusion", choices=["diffusion", "flow"])
-        q.add_argument("--vae-epochs", type=int, default=None, help="VAE epochs (default: scvi-tools' rule)")
-        q.add_argument("--prior-steps", type=int, default=4000)
-        q.add_argument("--prior-clusters", type=int, default=0, metavar="K",
+        q.add_argument("--vae-epochs", type=_positive_int, default=None,
+                       help="VAE epochs (default: scvi-tools' rule)")
+        q.add_argument("--prior-steps", type=_positive_int, default=4000)
+        q.add_argument("--prior-clusters", type=_non_negative_int, default=0, metavar="K",
                        help="also condition the prior on K k-means clusters of the latents (no labels needed)")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--quiet", action="store_true", help="no progress bars")
+        common(q)
 
     d = sub.add_parser("demo", help="bundled PBMC3k end to end: train, generate, evaluate, report")
     d.add_argument("--out", default="genjax-demo")
     d.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight")
-    d.add_argument("--n-cells", type=int, default=None, help="use a stratified subsample of this many cells")
-    model_args(d, demo=True)
+    d.add_argument("--n-cells", type=_positive_int, default=None, help="use a stratified subsample of this many cells")
+    model_args(d)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a latent generator on a .h5ad of raw counts")
     t.add_argument("--data", required=True)
-    t.add_argument("--out", required=True, help="model directory")
+    t.add_argument("--out", required=True, help="model directory (training checkpoints go to OUT.ckpt)")
     t.add_argument("--condition-key", action="append", default=None, help="obs key of a condition (repeatable)")
     t.add_argument("--layer", default=None)
-    t.add_argument("--resume", action="store_true", help="continue from MODEL_DIR.ckpt checkpoints")
+    resume = t.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from OUT.ckpt (only a run with the same settings and data)")
+    resume.add_argument("--restart", action="store_true",
+                        help="move the checkpoints in OUT.ckpt aside (they are kept) and start afresh")
     model_args(t)
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="generate cells from a trained model")
     g.add_argument("--model", required=True)
-    g.add_argument("--n", type=int, required=True)
+    g.add_argument("--n", type=_positive_int, required=True)
     g.add_argument("--out", required=True, help="output .h5ad")
     g.add_argument("--condition", action="append", default=None, metavar="KEY=VALUE")
     g.add_argument("--guidance", type=float, default=None)
     g.add_argument("--seed", type=int, default=0)
+    common(g)
     g.set_defaults(func=cmd_generate)
 
     e = sub.add_parser("evaluate", help="evaluate generated cells against real cells")
@@ -200,17 +303,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--condition-key", default=None)
     e.add_argument("--out", default="genjax-eval")
     e.add_argument("--seed", type=int, default=0)
+    common(e)
     e.set_defaults(func=cmd_evaluate)
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"genjax: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``genjax`` command; returns the exit status (0 success, 1 failure while running, 2 usage)."""
+    from .training import FingerprintMismatchError
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        print(f"genjax {args.command}: error: {err}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # a warning is one line, not a source excerpt
+            return args.func(args)
+    except (UsageError, FingerprintMismatchError, KeyError, ValueError, FileNotFoundError) as err:
+        if args.debug:
+            raise
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"genjax {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except Exception as err:  # CheckpointLockedError, TrainingDivergedError, a late OSError, ...
+        if args.debug:
+            raise
+        print(f"genjax {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def test_errors_name_the_problem(h5ad, capsys):
     rc = main(["train", "--data", str(h5ad / "data.h5ad"), "--out", str(h5ad / "m2"), "--condition-key", "tissue",
                *FAST])
     assert rc == 2 and "tissue" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="no such file"):
-        main(["train", "--data", str(h5ad / "missing.h5ad"), "--out", str(h5ad / "m3")])
+    rc = main(["train", "--data", str(h5ad / "missing.h5ad"), "--out", str(h5ad / "m3")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--data" in err and "no such file" in err
     rc = main(["generate", "--model", str(h5ad / "model"), "--n", "5", "--out", str(h5ad / "x.h5ad"),
                "--condition", "cell_type=neuron"])
     assert rc == 2 and "neuron" in capsys.readouterr().err

@@ -35,9 +35,12 @@ def get_matrix(adata, layer: str | None = None):
         A 2-D ``numpy`` array, a scipy CSR matrix (other sparse formats are converted to CSR), or the backed
         dataset itself (read by rows later).
 
+    Dense ``float16`` (and ``bool``) matrices are converted to ``float32`` (scipy and the fused losses have no
+    half-precision path); backed half-precision data are converted row block by row block.
+
     Raises:
         KeyError: ``layer`` is not a layer of ``adata`` (the message lists the layers there are).
-        ValueError: the matrix is missing or not 2-D.
+        ValueError: the matrix is missing, not 2-D, or not numeric (naming its dtype).
     """
     if layer is None:
         X = adata.X
@@ -53,6 +56,12 @@ def get_matrix(adata, layer: str | None = None):
         X = np.asarray(X)
     if len(X.shape) != 2:
         raise ValueError(f"expression matrix must be 2-D (cells x genes); got shape {X.shape}")
+    dtype = np.dtype(X.dtype)
+    if dtype.kind not in "biuf":
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise ValueError(f"{where} must hold numbers; got dtype {dtype}")
+    if not is_backed(X) and dtype in (np.float16, np.bool_):
+        X = X.astype(np.float32)
     return X
 
 
@@ -72,10 +81,13 @@ def take_rows(X, rows):
         block = X[rows[order]]  # h5py-backed datasets need increasing indices
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
-        return block[inv]
-    block = X[rows]
+        block = block[inv]
+    else:
+        block = X[rows]
     if sp.issparse(block) and not sp.isspmatrix_csr(block):
         block = sp.csr_matrix(block)
+    if np.dtype(block.dtype) in (np.float16, np.bool_):  # backed half-precision / boolean data
+        block = block.astype(np.float32)
     return block
 
 
@@ -132,6 +144,8 @@ def validate_counts(
                 where = _where(i + start, j, obs_names, var_names)
                 fix = f". Hint: {hint}" if requirement.endswith("(integers)") else ""
                 raise ValueError(f"{requirement}; found {value!r} at {where}{fix}")
+    if counts and integer:
+        _warn_if_normalised(X, what)
     if counts and not allow_empty:
         empty = np.flatnonzero(row_sums(X) <= 0)
         if empty.size:
@@ -139,6 +153,37 @@ def validate_counts(
             cell = f"{str(obs_names[i])!r} (row {i})" if obs_names is not None else f"{i}"
             raise ValueError(f"cell {cell} has zero total counts ({empty.size} empty cell(s) in {what}); remove "
                              "empty cells first, e.g. adata = adata[adata.X.sum(1) > 0]")
+
+
+def _warn_if_normalised(X, what: str, max_rows: int = 2000) -> None:
+    """Warn when integer data look normalised rather than raw counts (judged on the first ``max_rows`` cells):
+    every cell summing to nearly the same total (counts per 10k, rounded), or every value at most 10 with a
+    log-like spread within cells (rounded log1p values: a cell's largest value under 3x its mean non-zero value,
+    where raw counts have heavy tails)."""
+    import warnings
+
+    block = next(row_chunks(X, chunk=max_rows))[1]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block, np.float64)
+    if block.shape[0] < 10 or block.shape[1] < 20:
+        return
+    sums = block.sum(axis=1)
+    hint = "; pass the raw counts (layer='counts', CLI --layer counts), or likelihood='gaussian' for normalised data"
+    if sums.mean() > 0 and sums.std() < 1e-3 * sums.mean():
+        warnings.warn(f"every cell of {what} sums to about {sums.mean():.6g}: the data look normalised (e.g. "
+                      f"counts per 10k), not raw counts{hint}", stacklevel=4)
+        return
+    positive = block > 0
+    n_pos = positive.sum(axis=1)
+    if not n_pos.any():
+        return
+    rows = n_pos > 0
+    largest = block.max(axis=1)[rows]
+    mean_nonzero = np.where(positive, block, 0.0).sum(axis=1)[rows] / n_pos[rows]
+    spread = largest / mean_nonzero
+    if block.max() <= 10 and np.median(spread) < 3:
+        warnings.warn(f"every value of {what} is at most {block.max():g} with a log-like spread (a cell's largest "
+                      "value under 3x its mean non-zero value): the data look like rounded log-normalised values, "
+                      f"not raw counts{hint}", stacklevel=4)
 
 
 def _where(i: int, j: int, obs_names, var_names) -> str:

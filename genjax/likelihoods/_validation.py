@@ -35,12 +35,14 @@ def is_concrete(*args) -> bool:
 
 
 RULES = {
-    # kind: (predicate for bad values on a float64 numpy array, requirement in words)
-    "counts": (lambda a: ~(a >= 0) | ~np.isfinite(a) | (a != np.floor(a)), "non-negative integers (counts)"),
-    "mean": (lambda a: ~(a >= 0) | ~np.isfinite(a), "finite and >= 0"),
-    "positive": (lambda a: ~(a > 0) | ~np.isfinite(a), "finite and > 0"),
-    "real": (lambda a: ~np.isfinite(a), "finite"),
-    "log_mean": (lambda a: np.isnan(a) | (a == np.inf), "< +inf and not NaN (-inf means mu = 0)"),
+    # kind: (predicate for bad values on a float64 numpy array, given the largest finite log of the computation
+    # dtype; requirement in words)
+    "counts": (lambda a, top: ~(a >= 0) | ~np.isfinite(a) | (a != np.floor(a)), "non-negative integers (counts)"),
+    "mean": (lambda a, top: ~(a >= 0) | ~np.isfinite(a), "finite and >= 0"),
+    "positive": (lambda a, top: ~(a > 0) | ~np.isfinite(a), "finite and > 0"),
+    "real": (lambda a, top: ~np.isfinite(a), "finite"),
+    "log_mean": (lambda a, top: np.isnan(a) | (a > top),
+                 "not NaN and at most {top:.2f} (exp overflows {dtype} beyond it; -inf means mu = 0)"),
 }
 
 
@@ -54,15 +56,17 @@ def check_args(fn_name: str, **named: tuple[ArrayLike, str]) -> None:
     Raises:
         ValueError: naming the function, the argument, the requirement, the first offending value and its index.
     """
+    dtype = float_dtype(*(value for value, _ in named.values()))
+    top = float(np.log(np.finfo(dtype).max))
     for name, (value, kind) in named.items():
         arr = np.asarray(value, dtype=np.float64)
         is_bad, requirement = RULES[kind]
-        bad = is_bad(arr)
+        bad = is_bad(arr, top)
         if bad.any():
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
-                f"{fn_name}: {name} must be {requirement}; found {float(arr[idx])!r} at index {idx} "
-                f"(shape {arr.shape}, {int(bad.sum())} invalid value(s))"
+                f"{fn_name}: {name} must be {requirement.format(top=top, dtype=dtype)}; found {float(arr[idx])!r} "
+                f"at index {idx} (shape {arr.shape}, {int(bad.sum())} invalid value(s))"
             )
 
 
