@@ -227,6 +227,30 @@ def test_prior_checkpoints_of_another_vae_are_not_paired_with_it(tmp_path, count
         genjax.LatentGenerator(counts, **kw).fit(**{**fit, "prior_steps": 0})
 
 
+def test_an_interrupted_prior_resumes_from_its_last_checkpoint(tmp_path, counts, monkeypatch):
+    kw = dict(vae_kwargs=SMALL, prior_kwargs={"n_hidden": 16, "n_layers": 1})
+    fit = dict(vae_epochs=1, prior_steps=400, prior_batch_size=32, batch_size=32, progress=False)
+    whole = genjax.LatentGenerator(counts, **kw).fit(**fit, checkpoint_dir=tmp_path / "whole")
+
+    original = CheckpointManager.save
+
+    def killed_at_the_last_step(self, step, state, meta, **kwargs):
+        if "prior" in str(self.directory) and step == 400:
+            raise KeyboardInterrupt  # the process dies after the step-200 checkpoint, before the final one
+        return original(self, step, state, meta, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", killed_at_the_last_step)
+    with pytest.raises(KeyboardInterrupt):
+        genjax.LatentGenerator(counts, **kw).fit(**fit, checkpoint_dir=tmp_path / "cut")
+    monkeypatch.setattr(CheckpointManager, "save", original)
+    with CheckpointManager(tmp_path / "cut" / "prior") as manager:
+        assert manager.latest_step() == 200
+    resumed = genjax.LatentGenerator(counts, **kw).fit(**fit, checkpoint_dir=tmp_path / "cut", resume=True)
+    for a, b in zip(jax.tree.leaves(whole.prior_model.params), jax.tree.leaves(resumed.prior_model.params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_models_load_only_what_matches_their_configuration(tmp_path, counts):
     vae = genjax.VAE(counts, **SMALL)
     vae.save(tmp_path / "m")
@@ -261,6 +285,8 @@ def test_normalised_integer_data_are_flagged(counts):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         genjax.data.validate_counts(X)  # raw counts: no warning
+        # low, dense Poisson counts (every value <= 10, as in many simulations) are counts too
+        genjax.data.validate_counts(np.random.default_rng(0).poisson(2.0, (300, 60)))
 
 
 def test_generate_and_sizes_are_checked(counts):
@@ -305,6 +331,9 @@ def test_cli_resume_mismatch_is_a_one_line_usage_error_and_restart_keeps_the_old
             "--prior-steps", "4", "--quiet"]
     assert cli(base) == 0
     capsys.readouterr()
+    assert cli([*base, "--resume"]) == 0  # a successful resume is quiet: no tracebacks from background threads
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Event loop is closed" not in err, err
     assert cli([*base, "--likelihood", "zinb", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "option.likelihood: checkpoint has 'nb', this run has 'zinb'" in err and "Traceback" not in err

@@ -157,9 +157,11 @@ def validate_counts(
 
 def _warn_if_normalised(X, what: str, max_rows: int = 2000) -> None:
     """Warn when integer data look normalised rather than raw counts (judged on the first ``max_rows`` cells):
-    every cell summing to nearly the same total (counts per 10k, rounded), or every value at most 10 with a
-    log-like spread within cells (rounded log1p values: a cell's largest value under 3x its mean non-zero value,
-    where raw counts have heavy tails)."""
+    every cell summing to nearly the same total (counts per 10k, rounded), or every value at most 10 with the
+    non-zero values of genes far less variable than counts can be. For rounded log1p values the variance / mean of
+    a gene's non-zero values is ~0.15 (the log compresses them); for raw counts it is >= ~0.8 once their mean is
+    >= 3 (zero-truncated Poisson, larger when overdispersed). The median over genes with >= 5 non-zero values of
+    mean >= 3 is compared with 0.4."""
     import warnings
 
     block = next(row_chunks(X, chunk=max_rows))[1]
@@ -172,18 +174,23 @@ def _warn_if_normalised(X, what: str, max_rows: int = 2000) -> None:
         warnings.warn(f"every cell of {what} sums to about {sums.mean():.6g}: the data look normalised (e.g. "
                       f"counts per 10k), not raw counts{hint}", stacklevel=4)
         return
-    positive = block > 0
-    n_pos = positive.sum(axis=1)
-    if not n_pos.any():
+    if block.max() > 10:
         return
-    rows = n_pos > 0
-    largest = block.max(axis=1)[rows]
-    mean_nonzero = np.where(positive, block, 0.0).sum(axis=1)[rows] / n_pos[rows]
-    spread = largest / mean_nonzero
-    if block.max() <= 10 and np.median(spread) < 3:
-        warnings.warn(f"every value of {what} is at most {block.max():g} with a log-like spread (a cell's largest "
-                      "value under 3x its mean non-zero value): the data look like rounded log-normalised values, "
-                      f"not raw counts{hint}", stacklevel=4)
+    nonzero = block > 0
+    n = nonzero.sum(axis=0)
+    total = np.where(nonzero, block, 0.0).sum(axis=0)
+    squares = np.where(nonzero, block * block, 0.0).sum(axis=0)
+    keep = n >= 5
+    mean = total[keep] / n[keep]
+    var = (squares[keep] - n[keep] * mean**2) / (n[keep] - 1)
+    high = mean >= 3
+    if high.sum() < 5:
+        return
+    dispersion = float(np.median(var[high] / mean[high]))
+    if dispersion < 0.4:
+        warnings.warn(f"every value of {what} is at most {block.max():g} and genes' non-zero values vary far less "
+                      f"than counts do (median variance/mean {dispersion:.2g}; raw counts have >= ~0.8): the data "
+                      f"look like rounded log-normalised values, not raw counts{hint}", stacklevel=4)
 
 
 def _where(i: int, j: int, obs_names, var_names) -> str:

@@ -199,8 +199,15 @@ class CheckpointManager:
         self._latest.wait_until_finished()
         self._best.wait_until_finished()
 
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Wait for the pending saves, close the managers and release the folder's lock."""
+        """Wait for the pending saves, close the managers and release the folder's lock (also on leaving a
+        ``with CheckpointManager(...)`` block)."""
         try:
             self.wait()
             self._latest.close()

@@ -31,7 +31,8 @@ class TrainConfig:
         eval_every: validate every this many epochs (the last epoch is always validated).
         checkpoint_every: with a checkpoint directory, save every this many epochs (and at the end); a saved
             epoch whose monitored loss is the best so far also becomes the ``best/`` checkpoint.
-        checkpoint_every_steps: additionally save every this many steps (at dispatch boundaries), mid-epoch.
+        checkpoint_every_steps: additionally save every this many steps, at the first dispatch boundary at or
+            past each multiple (mid-epoch, or at the end of an epoch shorter than a dispatch).
         keep: periodic checkpoints to keep (the best one is kept separately).
         progress: show a tqdm progress bar with the running loss.
     """

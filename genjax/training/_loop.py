@@ -157,6 +157,7 @@ class _Run(NamedTuple):
     stop: bool = False  # early stopping said stop
     halted: Any = None  # device bool: a step was not finite (the state stays at the last finite step)
     unchecked: Any = None  # (first step, per-step metrics) of the last dispatch, not yet checked for divergence
+    last_dispatch: int = 0  # steps in the epoch's last dispatch (a step-cadence checkpoint it crossed is due)
 
 
 class _Clock(NamedTuple):
@@ -357,7 +358,7 @@ def _run_epoch(setup: _Setup, run: _Run, checkpoints: _Checkpoints, bar: Progres
         bar.dispatched(b - a, chunk_sums["loss"], epoch)
         _check_divergence(setup, run)  # the previous dispatch: finished by now (the bar read its loss)
         run = run._replace(placed=placed, step=run.step + (b - a), part=part, halted=halted,
-                           unchecked=(run.step, nonfinite, metrics))
+                           unchecked=(run.step, nonfinite, metrics), last_dispatch=b - a)
         if checkpoints.manager is not None and checkpoints.cadence.mid_epoch(run.step, b - a, b, stop_pos):
             _check_divergence(setup, run)  # never checkpoint past a non-finite step
             checkpoints.save(run, clock())
@@ -434,7 +435,8 @@ def _end_epoch(setup: _Setup, run: _Run, checkpoints: _Checkpoints, bar: Progres
     bar.epoch_done(record)
     run = run._replace(part=PartialEpoch(epoch + 1), history=[*run.history, record], stopping=stopping,
                        best_params=best_params, stop=stop)
-    if checkpoints.manager is not None and checkpoints.cadence.epoch_end(epoch + 1, last, stop):
+    due = checkpoints.cadence.epoch_end(epoch + 1, last, stop, run.step, run.last_dispatch)
+    if checkpoints.manager is not None and due:
         # best/ holds the best among saved epochs: a saved epoch that improved on every earlier one becomes it
         # (no extra save on every improvement: an improvement at an epoch that is not saved does not reach it)
         checkpoints.save(run, clock(), best=improved)

@@ -77,11 +77,17 @@ class CheckpointCadence:
         """Whether to save after a dispatch of ``steps`` steps that ended at optimizer step ``step`` and at
         position ``pos`` of an epoch that runs to ``stop_pos``: it crossed a multiple of ``every_steps``. The
         last dispatch of an epoch never saves here (the epoch-end checkpoint, when due, records it)."""
-        return bool(self.every_steps) and pos < stop_pos and step % self.every_steps < steps
+        return pos < stop_pos and self._crossed(step, steps)
 
-    def epoch_end(self, epochs_done: int, last: bool, stopped: bool) -> bool:
-        """Whether to save after ``epochs_done`` epochs (``last``: the final epoch; ``stopped``: early stop)."""
-        return epochs_done % self.every_epochs == 0 or last or stopped
+    def epoch_end(self, epochs_done: int, last: bool, stopped: bool, step: int = 0, last_dispatch: int = 0) -> bool:
+        """Whether to save after ``epochs_done`` epochs (``last``: the final epoch; ``stopped``: early stop), or
+        because the epoch's last dispatch of ``last_dispatch`` steps, ending at optimizer step ``step``, crossed a
+        multiple of ``every_steps`` (with epochs shorter than a dispatch, the step cadence falls on epoch ends)."""
+        return epochs_done % self.every_epochs == 0 or last or stopped or self._crossed(step, last_dispatch)
+
+    def _crossed(self, step: int, steps: int) -> bool:
+        """Whether the ``steps`` steps ending at ``step`` passed a multiple of ``every_steps``."""
+        return bool(self.every_steps) and step % self.every_steps < steps
 
 
 class PartialEpoch(NamedTuple):
