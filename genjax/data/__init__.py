@@ -1,11 +1,12 @@
 """Data layer: from an ``AnnData`` (in memory or backed), a scipy CSR or a dense matrix to validated, encoded
 minibatches, host side and before any compute.
 
-* matrices: :func:`get_matrix`, :func:`validate_counts`, :func:`row_sums` (``_matrix.py``);
+* matrices: :func:`get_matrix`, :func:`validate_counts`, :func:`row_sums`, :func:`normalize_log1p` (``_matrix.py``);
 * what a model was trained on: :class:`DataRegistry` (``_registry.py``);
 * encoded arrays and typed batches: :class:`CountData`, :class:`CountBatch` (``_batch.py``);
 * data that stays on the host: :class:`HostSource` (``_source.py``);
 * conditions of cells and points: :class:`Condition`, :func:`check_condition` (``_condition.py``);
+* perturbation labels, combinations and covariates: :class:`PerturbationSpec` (``_perturbation.py``);
 * seeded splits: :func:`split_indices`, :func:`stratified_split` (``_split.py``);
 * data sets: :mod:`genjax.data.datasets` (bundled PBMC3k, synthetic generators with known truth).
 """
@@ -20,8 +21,11 @@ from ._condition import NULL_LABEL as NULL_LABEL
 from ._condition import Condition as Condition
 from ._condition import check_condition as check_condition
 from ._matrix import get_matrix as get_matrix
+from ._matrix import normalize_log1p as normalize_log1p
 from ._matrix import row_sums as row_sums
 from ._matrix import validate_counts as validate_counts
+from ._perturbation import PerturbationSpec as PerturbationSpec
+from ._perturbation import UnknownPerturbationError as UnknownPerturbationError
 from ._registry import DataRegistry as DataRegistry
 from ._source import HostSource as HostSource
 from ._source import num_examples as num_examples

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["get_matrix", "validate_counts", "row_sums", "row_chunks", "take_rows", "is_backed", "dense"]
+__all__ = ["get_matrix", "validate_counts", "row_sums", "row_chunks", "take_rows", "is_backed", "dense",
+           "normalize_log1p"]
 
 
 CHUNK_ROWS = 8192  # rows per chunk when scanning large / backed matrices on the host
@@ -224,3 +225,24 @@ def _first_bad(block, is_bad):
 def dense(block) -> np.ndarray:
     """A block of rows (numpy or scipy sparse) as a dense float32 numpy array."""
     return np.asarray(block.toarray() if sp.issparse(block) else block, dtype=np.float32)
+
+
+def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
+    """``log1p`` of counts normalised to ``target_sum`` total per cell (the scanpy ``normalize_total`` +
+    ``log1p`` convention).
+
+    Arguments:
+        counts: ``(cells, genes)`` non-negative counts (numpy, JAX or scipy sparse).
+        target_sum: total each cell is scaled to before ``log1p``.
+
+    Returns:
+        ``(cells, genes)`` ``float32`` numpy array. Cells with zero total counts map to all zeros.
+    """
+    size = row_sums(counts)
+    scale = np.where(size > 0, target_sum / np.where(size > 0, size, 1.0), 0.0)
+    if sp.issparse(counts):
+        out = sp.csr_matrix(counts, dtype=np.float32).multiply(scale[:, None].astype(np.float32)).tocsr()
+        out.data = np.log1p(out.data)
+        return out.toarray().astype(np.float32)
+    counts = np.asarray(counts, dtype=np.float32)
+    return np.log1p(counts * scale[:, None].astype(np.float32)).astype(np.float32)

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._typing import Array, Float, PRNGKeyArray
-from ..data import row_sums, validate_counts
+from ..data import normalize_log1p, row_sums, validate_counts
 
 __all__ = [
     "CountSet",
@@ -210,27 +210,6 @@ def project_counts(pca: PCA, counts, target_sum: float = 1e4) -> np.ndarray:
     chunks so the dense normalised matrix of a large set is never held whole."""
     return np.concatenate([project(pca, normalize_log1p(counts[i:i + _CHUNK], target_sum))
                            for i in range(0, counts.shape[0], _CHUNK)])
-
-
-def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
-    """``log1p`` of counts normalised to ``target_sum`` total per cell (the scanpy ``normalize_total`` +
-    ``log1p`` convention).
-
-    Arguments:
-        counts: ``(cells, genes)`` non-negative counts (numpy, JAX or scipy sparse).
-        target_sum: total each cell is scaled to before ``log1p``.
-
-    Returns:
-        ``(cells, genes)`` ``float32`` numpy array. Cells with zero total counts map to all zeros.
-    """
-    size = row_sums(counts)
-    scale = np.where(size > 0, target_sum / np.where(size > 0, size, 1.0), 0.0)
-    if sp.issparse(counts):
-        out = sp.csr_matrix(counts, dtype=np.float32).multiply(scale[:, None].astype(np.float32)).tocsr()
-        out.data = np.log1p(out.data)
-        return out.toarray().astype(np.float32)
-    counts = np.asarray(counts, dtype=np.float32)
-    return np.log1p(counts * scale[:, None].astype(np.float32)).astype(np.float32)
 
 
 class PCA(NamedTuple):
