@@ -7,7 +7,11 @@ minibatches, host side and before any compute.
 * data that stays on the host: :class:`HostSource` (``_source.py``);
 * conditions of cells and points: :class:`Condition`, :func:`check_condition` (``_condition.py``);
 * perturbation labels, combinations and covariates: :class:`PerturbationSpec` (``_perturbation.py``);
+* highly variable genes from raw counts (seurat_v3): :func:`highly_variable_genes` (``_hvg.py``);
 * seeded splits: :func:`split_indices`, :func:`stratified_split` (``_split.py``);
+* perturbation benchmark splits (``_perturbation_split.py``): :func:`combination_split`,
+  :func:`heldout_condition_split`, :func:`heldout_covariate_split`, :func:`leave_one_double_out`,
+  :func:`combinations_with_singles`;
 * data sets: :mod:`genjax.data.datasets` (bundled PBMC3k, synthetic generators with known truth).
 """
 
@@ -20,12 +24,19 @@ from ._cluster import kmeans_labels as kmeans_labels
 from ._condition import NULL_LABEL as NULL_LABEL
 from ._condition import Condition as Condition
 from ._condition import check_condition as check_condition
+from ._hvg import highly_variable_genes as highly_variable_genes
+from ._hvg import loess_fit as loess_fit
 from ._matrix import get_matrix as get_matrix
 from ._matrix import normalize_log1p as normalize_log1p
 from ._matrix import row_sums as row_sums
 from ._matrix import validate_counts as validate_counts
 from ._perturbation import PerturbationSpec as PerturbationSpec
 from ._perturbation import UnknownPerturbationError as UnknownPerturbationError
+from ._perturbation_split import combination_split as combination_split
+from ._perturbation_split import combinations_with_singles as combinations_with_singles
+from ._perturbation_split import heldout_condition_split as heldout_condition_split
+from ._perturbation_split import heldout_covariate_split as heldout_covariate_split
+from ._perturbation_split import leave_one_double_out as leave_one_double_out
 from ._registry import DataRegistry as DataRegistry
 from ._source import HostSource as HostSource
 from ._source import num_examples as num_examples
