@@ -199,12 +199,54 @@ def _summary(ev) -> dict:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
+    if args.perturbation_key is None and (args.control is not None or args.covariate_key):
+        raise UsageError("--control and --covariate-key train a perturbation model: give --perturbation-key too")
+    if args.perturbation_key is not None and args.control is None:
+        raise UsageError("--perturbation-key needs --control (the label of control cells)")
     _writable_dir(out, "--out")
     _writable_dir(_checkpoints(out), "--out (its checkpoint folder)")
     adata = _read_h5ad(args.data, "--data")
-    gen = _fit_generator(adata, args, _checkpoints(out))
-    _save_model(gen, out)
+    if args.perturbation_key is not None:
+        model = _fit_perturbation_model(adata, args, _checkpoints(out))
+    else:
+        model = _fit_generator(adata, args, _checkpoints(out))
+    _save_model(model, out)
     _log(f"saved the model to {out} (training checkpoints in {_checkpoints(out)})")
+    return 0
+
+
+def _fit_perturbation_model(adata, args, checkpoint_dir: Path):
+    import genjax
+
+    pm = genjax.PerturbationModel(adata, perturbation_key=args.perturbation_key, control=args.control,
+                                  covariate_keys=tuple(args.covariate_key or ()), method=args.method,
+                                  likelihood=args.likelihood, layer=args.layer, seed=args.seed)
+    t0 = time.perf_counter()
+    pm.fit(max_epochs=args.vae_epochs, seed=args.seed, progress=not args.quiet, checkpoint_dir=checkpoint_dir,
+           resume=args.resume, restart=args.restart)
+    conditions = pm.spec.conditions(adata)
+    _log(f"trained a {args.method} perturbation model on {adata.n_obs} cells ({len(conditions)} conditions) in "
+         f"{time.perf_counter() - t0:.0f} s")
+    return pm
+
+
+def cmd_predict(args) -> int:
+    import genjax
+
+    out = Path(args.out)
+    _writable_dir(out.parent, "--out")
+    model = Path(args.model)
+    if not model.is_dir():
+        raise UsageError(f"--model {model}: no such model folder")
+    pm = genjax.PerturbationModel.load(model)
+    source = _read_h5ad(args.data, "--data")
+    pred = pm.predict(source, args.perturbation, n_per_cell=args.n_per_cell, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pred.write_h5ad(tmp)
+    tmp.replace(out)
+    rules = ", ".join(f"{k}: {v}" for k, v in pred.uns["perturbation_rule"].items())
+    _log(f"wrote {pred.n_obs} predicted cells of {args.perturbation} to {out} (shift {rules})")
     return 0
 
 
@@ -274,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="model directory (training checkpoints go to OUT.ckpt)")
     t.add_argument("--condition-key", action="append", default=None, help="obs key of a condition (repeatable)")
     t.add_argument("--layer", default=None)
+    t.add_argument("--perturbation-key", default=None,
+                   help="obs key of perturbation labels: train a perturbation model (combinations joined by '+')")
+    t.add_argument("--control", default=None, help="with --perturbation-key: the label of control cells")
+    t.add_argument("--covariate-key", action="append", default=None,
+                   help="with --perturbation-key: obs key of a covariate the response depends on (repeatable)")
+    t.add_argument("--method", default="compositional", choices=["compositional", "scgen"],
+                   help="with --perturbation-key: the latent response estimator")
     resume = t.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true",
                         help="continue from OUT.ckpt (only a run with the same settings and data)")
@@ -291,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     common(g)
     g.set_defaults(func=cmd_generate)
+
+    r = sub.add_parser("predict", help="predict cells under a perturbation from control cells")
+    r.add_argument("--model", required=True, help="a perturbation model folder (genjax train --perturbation-key)")
+    r.add_argument("--data", required=True, help=".h5ad of control cells (raw counts) to predict from")
+    r.add_argument("--perturbation", required=True, help="a perturbation label, combinations joined by '+'")
+    r.add_argument("--out", required=True, help="output .h5ad of predicted counts")
+    r.add_argument("--n-per-cell", type=_positive_int, default=1, help="predicted cells per source cell")
+    r.add_argument("--seed", type=int, default=0)
+    common(r)
+    r.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="evaluate generated cells against real cells")
     e.add_argument("--real", required=True)

@@ -6,7 +6,12 @@
   (fit, latent, generate, counterfactual, save / load);
 * latent priors (``_latent_prior.py``): :class:`DiffusionPrior`, :class:`FlowPrior`, :func:`fit_prior`;
 * :class:`LatentGenerator` (``_latent_generator.py``): a VAE plus a conditional diffusion or flow prior on its
-  latents.
+  latents;
+* :class:`PerturbationModel` (``_perturbation.py``): cells under perturbations never measured, from a count VAE and
+  a latent response model (:class:`LatentResponse`, ``_perturbation_response.py``);
+* perturbation baselines (``_perturbation_baselines.py``): :class:`PerturbationBaseline` and the references of
+  every table (no change, control / non-control / matching mean, additive, mean delta, linear), by name in
+  :data:`BASELINES`.
 """
 
 from ._base import NoMatchingCellsError as NoMatchingCellsError
@@ -20,6 +25,19 @@ from ._latent_prior import FlowPrior as FlowPrior
 from ._latent_prior import fit_prior as fit_prior
 from ._latent_prior import load_prior as load_prior
 from ._latent_prior import sample_prior as sample_prior
+from ._perturbation import PERTURBATION_METHODS as PERTURBATION_METHODS
+from ._perturbation import PerturbationModel as PerturbationModel
+from ._perturbation_baselines import BASELINES as BASELINES
+from ._perturbation_baselines import Additive as Additive
+from ._perturbation_baselines import ControlMean as ControlMean
+from ._perturbation_baselines import LinearBaseline as LinearBaseline
+from ._perturbation_baselines import MatchingMean as MatchingMean
+from ._perturbation_baselines import MeanDelta as MeanDelta
+from ._perturbation_baselines import NoChange as NoChange
+from ._perturbation_baselines import NonControlMean as NonControlMean
+from ._perturbation_baselines import PerturbationBaseline as PerturbationBaseline
+from ._perturbation_flow import LatentFlowResponse as LatentFlowResponse
+from ._perturbation_response import LatentResponse as LatentResponse
 from ._vae import VAE as VAE
 from ._vae import VAEFunctions as VAEFunctions
 from ._vae_config import VAEConfig as VAEConfig

@@ -1,0 +1,327 @@
+"""``genjax.PerturbationModel``: predict the count profiles of cells under a perturbation never measured (a new
+combination of measured perturbations, a measured perturbation in a cell type or cell line where it was not
+measured), as cells, with a count likelihood.
+
+Typical use::
+
+    pm = genjax.PerturbationModel(train, perturbation_key="condition", control="control",
+                                  covariate_keys=("cell_type",))
+    pm.fit(max_epochs=200)
+    pred = pm.predict(controls_of_the_target_cell_type, perturbation="KLF1+MAP2K6")  # AnnData of counts
+    profile = pm.predict_mean(controls_of_the_target_cell_type, perturbation="KLF1+MAP2K6")  # log1p CP10k
+
+How: a count VAE (NB / ZINB / Poisson decoder, :class:`genjax.VAE`) is trained on every training cell without
+being told the perturbation, so its latent space carries the perturbation effects; the response of a condition
+is a shift of the latent (:class:`LatentResponse`: measured, carried over covariate values by basal-state
+similarity, composed over the members of a combination with a cross-validated interaction term); a source
+control cell is encoded, shifted, decoded with its own library size (moved by the condition's library shift)
+and a cell is drawn from the decoder's count distribution.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_choice, check_int
+from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, normalize_log1p, row_sums
+from ..training import tree_digest
+from ..vae import observation_model, vae_decode, vae_sample_counts
+from ._base import SavedModel, cached_jit
+from ._perturbation_flow import LatentFlowResponse
+from ._perturbation_response import LatentResponse
+from ._vae import VAE
+
+__all__ = ["PerturbationModel", "PERTURBATION_METHODS"]
+
+PERTURBATION_METHODS = ("compositional", "scgen", "flow")
+"""The response models of :class:`PerturbationModel`: latent shifts (:class:`LatentResponse`) or a conditional
+latent flow (:class:`LatentFlowResponse`)."""
+
+
+class PerturbationModel(SavedModel):
+    """A count VAE with a latent response model: cells under perturbations and covariates never measured.
+
+    Arguments:
+        adata: training cells, raw counts (``X`` or ``layer``), with controls and perturbed cells.
+        perturbation_key: ``obs`` column of perturbation labels (combinations joined by ``delimiter``).
+        control: the label of control cells.
+        covariate_keys: ``obs`` columns the response may depend on (cell type, cell line, dose, donor).
+        method: ``"compositional"`` (default; the response carried over covariates by basal-state similarity and
+            composed with a learned interaction, each shrunk toward the baseline by cross-validation on training
+            conditions), ``"scgen"`` (scGen's latent arithmetic: one average shift per perturbation) or ``"flow"``
+            (a conditional flow-matching prior on the latents, unmeasured conditions sampled by compositional
+            guidance over members and covariates; cells are drawn from the condition's distribution rather than
+            moved from each source cell, whose library size and covariates they keep).
+        likelihood: the decoder's count distribution, ``"nb"`` (default), ``"zinb"`` or ``"poisson"``.
+        layer: read counts from this layer instead of ``X``.
+        delimiter: what joins the members of a combination (``"+"``).
+        vae_kwargs: other :class:`genjax.VAE` options (``n_latent``, ``n_hidden``, ``n_layers``, ``dispersion``, ...).
+        seed: seed of the VAE initialisation.
+
+    Raises:
+        KeyError: the perturbation key or a covariate key is not an ``obs`` column.
+        ValueError: no control cell, malformed labels (named with their cell), a bad option, or counts the VAE
+            refuses (named by cell and gene).
+    """
+
+    format_tag = "genjax.PerturbationModel/1"
+
+    def __init__(self, adata, perturbation_key: str, control: str, covariate_keys: Sequence[str] | str = (),
+                 method: str = "compositional", *, likelihood: str = "nb", layer: str | None = None,
+                 delimiter: str = "+", vae_kwargs: dict | None = None, seed: int = 0):
+        covariate_keys = (covariate_keys,) if isinstance(covariate_keys, str) else tuple(covariate_keys)
+        self.spec = PerturbationSpec(perturbation_key, control, covariate_keys, delimiter)
+        check_choice("method", method, PERTURBATION_METHODS)
+        check_choice("likelihood", likelihood, ("nb", "zinb", "poisson"))
+        labels = self.spec.labels(adata)
+        if not (labels == self.spec.control).any():
+            raise ValueError(f"no cell of adata has the control label {control!r} in obs[{perturbation_key!r}] "
+                             f"(labels: {sorted(set(labels))[:10]})")
+        vae_kwargs = dict(vae_kwargs or {})
+        for k in ("conditions", "likelihood", "layer"):
+            if k in vae_kwargs:
+                raise ValueError(f"vae_kwargs cannot set {k!r}: the perturbation model's VAE is unconditional and "
+                                 "takes likelihood and layer from the model's own arguments")
+        self.options = {"method": method, "likelihood": likelihood, "layer": layer, "vae_kwargs": vae_kwargs,
+                        "seed": seed}
+        self.vae = VAE(adata, likelihood=likelihood, layer=layer, seed=seed, **vae_kwargs)
+        self.adata = adata
+        self.response: LatentResponse | None = None
+        self.flow: LatentFlowResponse | None = None
+        self.history: dict[str, list] = {}
+
+    @property
+    def var_names(self) -> list[str]:
+        """Training gene names, in model order."""
+        return self.vae.var_names
+
+    def __repr__(self) -> str:
+        return (f"PerturbationModel(method={self.options['method']!r}, likelihood={self.options['likelihood']!r}, "
+                f"perturbation_key={self.spec.key!r}, control={self.spec.control!r}, "
+                f"covariate_keys={list(self.spec.covariate_keys)}, genes={len(self.var_names)}, "
+                f"fitted={self.response is not None})")
+
+    def fit(self, max_epochs: int | None = None, batch_size: int = 128, *, checkpoint_dir=None,
+            resume: bool = False, restart: bool = False, seed: int = 0, progress: bool = True,
+            flow_kwargs: dict | None = None, **vae_fit_kwargs) -> PerturbationModel:
+        """Train the VAE on every training cell, then estimate the latent response of every training condition
+        (and, for ``method="flow"``, fit the conditional latent flow).
+
+        Arguments:
+            max_epochs, batch_size: VAE training (default epochs: scvi-tools' rule).
+            checkpoint_dir, resume, restart: checkpoints (``vae/``, and ``flow/`` for the flow) as
+                :meth:`genjax.VAE.fit`; the flow's fingerprint includes the VAE's parameters. The shift estimate
+                is closed-form and takes a second.
+            seed: seed of the VAE's split, data order and draws.
+            progress: progress bar.
+            flow_kwargs: settings of the flow (``steps`` 4000, ``batch_size`` 256, ``lr``, ``cond_dropout`` 0.2,
+                ``n_hidden``, ``n_layers``; :meth:`LatentFlowResponse.fit`).
+            vae_fit_kwargs: other :meth:`genjax.VAE.fit` arguments (``lr``, ``early_stopping``, ...).
+
+        Returns:
+            ``self``.
+        """
+        ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if flow_kwargs and self.options["method"] != "flow":
+            raise ValueError(f"flow_kwargs apply to method='flow' only; this model's method is "
+                             f"{self.options['method']!r}")
+        self.vae.fit(max_epochs=max_epochs, batch_size=batch_size, seed=seed, progress=progress,
+                     checkpoint_dir=None if ckpt is None else ckpt / "vae", resume=resume, restart=restart,
+                     **vae_fit_kwargs)
+        self.history = {"vae": list(self.vae.history)}
+        r = self._latent_with_library(self.adata)
+        labels, covariates = self.spec.labels(self.adata), self.spec.covariates(self.adata)
+        method = "scgen" if self.options["method"] == "scgen" else "compositional"
+        self.response = LatentResponse.fit(r, labels, covariates, self.spec, method)
+        if self.options["method"] == "flow":
+            self.flow = LatentFlowResponse.fit(
+                r[:, :-1], labels, covariates, self.spec, seed=seed, progress=progress,
+                checkpoint_dir=None if ckpt is None else ckpt / "flow", resume=resume, restart=restart,
+                fingerprint={"vae_params": tree_digest(self.vae.params)}, **(flow_kwargs or {}))
+        return self
+
+    def _latent_with_library(self, adata) -> np.ndarray:
+        """``(cells, n_latent + 1)`` posterior means with the log library size appended."""
+        z = self.vae.latent(adata)
+        lib = row_sums(get_matrix(adata, self.options["layer"]))
+        return np.concatenate([z, np.log(lib)[:, None]], axis=1)
+
+    def _require_fitted(self):
+        if self.response is None:
+            raise RuntimeError("the perturbation model is not fitted; call fit() first (or "
+                               "PerturbationModel.load(path))")
+
+    def _check_source(self, source) -> np.ndarray:
+        """The covariate index of each source cell; the source cells must be controls.
+
+        Raises:
+            ValueError: a source cell that is not a control (named). UnknownPerturbationError: covariate values
+                without training controls.
+        """
+        labels = self.spec.labels(source)
+        bad = np.flatnonzero(labels != self.spec.control)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"source cell {source.obs_names[i]!r} has {self.spec.key}={labels[i]!r}; predictions "
+                             f"start from control cells ({self.spec.key}={self.spec.control!r}), {bad.size} of "
+                             f"{source.n_obs} source cells are not")
+        covs = self.spec.covariates(source)
+        return np.array([self.response.covariate_index(tuple(row)) for row in covs], np.int64)
+
+    def shift(self, perturbation: str, **covariates) -> tuple[np.ndarray, str]:
+        """The predicted latent shift (float64 ``(n_latent + 1,)``, last entry: log library size) of
+        ``perturbation`` at the given covariate values, and the rule used (``"measured"``, ``"carried"``,
+        ``"composed"``); see :class:`LatentResponse`.
+
+        Raises:
+            KeyError: a covariate key missing. UnknownPerturbationError: as :meth:`predict`.
+        """
+        self._require_fitted()
+        missing = [k for k in self.spec.covariate_keys if k not in covariates]
+        if missing or set(covariates) - set(self.spec.covariate_keys):
+            raise KeyError(f"give exactly the covariate keys {list(self.spec.covariate_keys)}; got "
+                           f"{sorted(covariates)}")
+        return self.response.shift(perturbation, tuple(str(covariates[k]) for k in self.spec.covariate_keys))
+
+    def predict(self, source, perturbation: str, *, n_per_cell: int = 1, seed: int = 0,
+                batch_size: int = 1024):
+        """Predicted cells of ``perturbation`` from the control cells ``source``.
+
+        Each source cell is encoded (posterior mean), shifted by the condition's predicted latent shift at the
+        cell's covariate values, decoded with its library size moved by the condition's library shift, and
+        ``n_per_cell`` cells are drawn from the count distribution.
+
+        Arguments:
+            source: AnnData of control cells (raw counts, the training genes), with the covariate columns.
+            perturbation: a label (a combination joined by the delimiter, members in any order).
+            n_per_cell: predicted cells per source cell.
+            seed: seed of the draws. batch_size: cells decoded per jitted call.
+
+        Returns:
+            AnnData ``(n_source * n_per_cell, genes)``: ``X`` float32 counts, ``layers["mean"]`` the expected
+            counts, ``obs`` the source cell (``source_cell``), the perturbation, the covariates and
+            ``library_size``; ``uns["perturbation_rule"]`` how each covariate value's shift was made.
+
+        Raises:
+            RuntimeError: not fitted. ValueError: a source cell that is not a control, genes that do not match.
+            UnknownPerturbationError: a perturbation, combination member or covariate value never seen in
+                training (named).
+        """
+        import anndata as ad
+        import pandas as pd
+
+        self._require_fitted()
+        n_per_cell = check_int("n_per_cell", n_per_cell)
+        cov_idx = self._check_source(source)
+        canonical = self.spec.canonical(perturbation)
+        r = np.repeat(self._latent_with_library(source), n_per_cell, axis=0)
+        cov_idx = np.repeat(cov_idx, n_per_cell)
+        moved, rules = np.empty_like(r), {}
+        for c in np.unique(cov_idx):
+            rows = np.flatnonzero(cov_idx == c)
+            covs = self.response.covariates[c]
+            name = " | ".join(covs) or "all"
+            if self.flow is None:
+                shift, rules[name] = self.response.shift(canonical, covs)
+                moved[rows] = r[rows] + shift
+            else:
+                z, rules[name] = self.flow.sample(canonical, covs, len(rows), seed + int(c))
+                moved[rows, :-1] = z
+                moved[rows, -1] = r[rows, -1] + self._library_shift(canonical, covs)
+        moved = moved.astype(np.float32)
+        mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size)
+        rows = np.repeat(np.arange(source.n_obs), n_per_cell)
+        obs = pd.DataFrame(index=pd.Index([f"pred-{i}" for i in range(len(rows))]))
+        obs["source_cell"] = np.asarray(source.obs_names)[rows]
+        obs[self.spec.key] = canonical
+        for k in self.spec.covariate_keys:
+            obs[k] = source.obs[k].astype(str).to_numpy()[rows]
+        obs["library_size"] = np.rint(np.exp(moved[:, -1].astype(np.float64))).astype(np.float32)
+        out = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=self.var_names))
+        out.layers["mean"] = mean
+        out.uns["perturbation_rule"] = rules
+        return out
+
+    def _library_shift(self, perturbation: str, covariates: tuple[str, ...]) -> float:
+        """The condition's predicted log-library shift (0 when the shift estimator cannot make one: the flow
+        composes conditions the shift model cannot, e.g. a member seen only inside combinations)."""
+        try:
+            return float(self.response.shift(perturbation, covariates)[0][-1])
+        except UnknownPerturbationError:
+            return 0.0
+
+    def _decode(self, z: np.ndarray, log_lib: np.ndarray, seed: int, batch_size: int):
+        """Expected counts and one draw (each float32 ``(cells, genes)``) at latents ``z`` and log libraries."""
+        vae = self.vae
+        f = cached_jit(vae.module, "decode-mean-sample", functools.partial(_decode_mean_sample, vae.module))
+        key = jax.random.key(seed)
+        means, draws = [], []
+        for i, start in enumerate(range(0, len(z), batch_size)):
+            sl = slice(start, start + batch_size)
+            m, x = f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), jax.random.fold_in(key, i))
+            means.append(np.asarray(m))
+            draws.append(np.asarray(x))
+        return np.concatenate(means).astype(np.float32), np.concatenate(draws).astype(np.float32)
+
+    def predict_cells(self, source, perturbation: str, *, seed: int = 0) -> np.ndarray:
+        """``(n_source, genes)`` float32 log1p(CP10k) values of one predicted cell per source cell (the
+        baselines' cell-level interface)."""
+        return normalize_log1p(self.predict(source, perturbation, seed=seed).X)
+
+    def predict_mean(self, source, perturbation: str, *, n_per_cell: int = 4, seed: int = 0) -> np.ndarray:
+        """``(genes,)`` float32 predicted mean of log1p(CP10k) over cells of ``perturbation`` with the source
+        cells' covariates: the mean over ``n_per_cell`` predicted cells per source cell (the statistic observed
+        cells are compared on, so the sampling noise of counts enters as it does in real cells)."""
+        pred = self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed)
+        return normalize_log1p(pred.X).mean(axis=0)
+
+    def _saved_state(self):
+        self._require_fitted()
+        meta = {"options": self.options, "spec": self.spec.to_dict(), "response": self.response.to_dict(),
+                "flow": None if self.flow is None else self.flow.meta(), "history": self.history}
+        arrays = {} if self.flow is None else {"flow": self.flow.prior.params}
+        return meta, arrays, {"vae": self.vae}
+
+    @classmethod
+    def _from_saved(cls, path: Path, meta: dict, arrays) -> PerturbationModel:
+        self = cls.__new__(cls)
+        self.options = dict(meta["options"])
+        self.spec = PerturbationSpec.from_dict(meta["spec"])
+        self.response = LatentResponse.from_dict(meta["response"])
+        flow = meta.get("flow")
+        self.flow = None if flow is None else LatentFlowResponse.from_meta(self.spec, flow, path / "flow.msgpack")
+        self.history = meta["history"]
+        self.vae = VAE.load(path / "vae")
+        self.adata = None
+        return self
+
+    def save(self, path, *, overwrite: bool = True) -> None:
+        """Write the model to the folder ``path`` atomically: ``model.json`` (options, perturbation
+        specification, the latent response statistics) and ``vae/`` (the :class:`genjax.VAE`).
+
+        Raises:
+            RuntimeError: not fitted. FileExistsError: ``path`` exists and not ``overwrite``.
+        """
+        self._require_fitted()
+        super().save(path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path) -> PerturbationModel:
+        """Read a model written by :meth:`save` (JSON and msgpack only; no code runs).
+
+        Raises:
+            FileNotFoundError: no model at ``path``. ValueError: another kind of model or damaged files.
+        """
+        return super().load(path)
+
+
+def _decode_mean_sample(module, params, z, log_lib, key):
+    """Expected counts and one draw from the decoder's observation model at latents ``z`` (cells, latent)."""
+    out = vae_decode(module, params, z, log_lib, None)
+    return observation_model(module.likelihood).mean(out), vae_sample_counts(key, module, out)

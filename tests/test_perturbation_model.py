@@ -1,0 +1,198 @@
+"""PerturbationModel and its latent response estimator: shifts against hand-computed centroids, the
+cross-validated choices against cases with a known answer, predictions, named errors, save / load, the CLI."""
+
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import genjax
+from genjax.cli import main as cli
+from genjax.data import PerturbationSpec, UnknownPerturbationError
+from genjax.models import LatentResponse
+
+SPEC = PerturbationSpec("condition", "ctrl", ("cell_type",))
+
+
+def _latent_case(seed=0, n=40, interaction=0.0):
+    """Latent points r (cells, 3) of controls, singles A/B/C and doubles in four cell types whose basal centroids
+    lie on a line; A's shift grows with the basal coordinate; doubles = sum of singles + ``interaction`` * sum."""
+    rng = np.random.default_rng(seed)
+    types = ["t0", "t1", "t2", "t3"]
+    basal = {t: np.array([float(i), 0.0, 0.0]) for i, t in enumerate(types)}
+    single = {"A": lambda t: np.array([0.0, 1.0 + basal[t][0], 0.0]), "B": lambda t: np.array([0.0, 0.0, 2.0]),
+              "C": lambda t: np.array([0.0, -1.0, 1.0]), "D": lambda t: np.array([0.0, 0.5, 0.5])}
+    rows, labels, covs = [], [], []
+
+    def add(label, t, mean):
+        rows.append(mean + 0.01 * rng.normal(size=(n, 3)))
+        labels.extend([label] * n)
+        covs.extend([t] * n)
+
+    for t in types:
+        add("ctrl", t, basal[t])
+        for p, f in single.items():
+            if not (p == "A" and t == "t3"):  # A in t3 is never measured
+                add(p, t, basal[t] + f(t))
+        for a, b in (("A", "B"), ("A", "C"), ("A", "D"), ("B", "C"), ("B", "D"), ("C", "D")):
+            if t == "t0":
+                s = single[a](t) + single[b](t)
+                add(f"{a}+{b}", t, basal[t] + s * (1.0 + interaction))
+    return np.concatenate(rows), np.asarray(labels, dtype=object), np.asarray(covs, dtype=object)[:, None]
+
+
+def test_measured_and_carried_shifts_are_the_centroid_differences():
+    r, labels, covs = _latent_case()
+    keep = labels != "B+D"  # a combination measured nowhere
+    r, labels, covs = r[keep], labels[keep], covs[keep]
+    resp = LatentResponse.fit(r, labels, covs, SPEC, "scgen")
+    mean = {(p, t): r[(labels == p) & (covs[:, 0] == t)].mean(0) for p in ("ctrl", "A", "B", "D")
+            for t in ("t0", "t1", "t2")}
+    shift, rule = resp.shift("B", ("t1",))
+    np.testing.assert_allclose(shift, mean["B", "t1"] - mean["ctrl", "t1"], atol=1e-12)
+    assert rule == "measured"
+    shift, rule = resp.shift("A", ("t3",))  # scGen: the plain average over the other types
+    expected = np.mean([mean["A", t] - mean["ctrl", t] for t in ("t0", "t1", "t2")], axis=0)
+    np.testing.assert_allclose(shift, expected, atol=1e-12)
+    assert rule == "carried"
+    shift, rule = resp.shift("D+B", ("t1",))  # unseen in t1: sum of the members' shifts, any member order
+    np.testing.assert_allclose(shift, (mean["B", "t1"] - mean["ctrl", "t1"]) + (mean["D", "t1"] - mean["ctrl", "t1"]),
+                               atol=1e-12)
+    assert rule == "composed"
+
+
+def test_compositional_carries_the_response_of_similar_basal_states():
+    r, labels, covs = _latent_case()
+    resp = LatentResponse.fit(r, labels, covs, SPEC, "compositional")
+    assert math.isfinite(resp.bandwidth)  # leave-one-type-out prefers the kernel: A's response follows the basal state
+    shift, _ = resp.shift("A", ("t3",))
+    scgen, _ = LatentResponse.fit(r, labels, covs, SPEC, "scgen").shift("A", ("t3",))
+    truth = np.array([0.0, 4.0, 0.0])
+    assert np.linalg.norm(shift - truth) < 0.6 * np.linalg.norm(scgen - truth)
+
+
+def test_the_interaction_is_learned_only_when_it_predicts_held_out_combinations():
+    r, labels, covs = _latent_case(interaction=0.0)
+    additive = LatentResponse.fit(r, labels, covs, SPEC, "compositional")
+    assert additive.ridge > 1.0  # no interaction in the data: heavy shrinkage (or none at all)
+    r, labels, covs = _latent_case(interaction=-0.5)  # every double is half the sum of its singles
+    sub = LatentResponse.fit(r, labels, covs, SPEC, "compositional")
+    assert math.isfinite(sub.ridge)
+    assert sub.shift("B+D", ("t2",))[1] == "carried"  # measured in t0 only: carried, not composed
+    # a double never measured anywhere is composed, with the learned interaction shrinking the sum
+    labels2 = labels.copy()
+    keep = labels2 != "C+D"
+    sub2 = LatentResponse.fit(r[keep], labels2[keep], covs[keep], SPEC, "compositional")
+    shift, rule = sub2.shift("C+D", ("t0",))
+    sums = np.array([0.0, -1.0, 1.0]) + np.array([0.0, 0.5, 0.5])
+    assert rule == "composed" and sub2.ridge < math.inf
+    assert np.linalg.norm(shift - 0.5 * sums) < np.linalg.norm(sums - 0.5 * sums)
+
+
+def test_response_round_trips_and_names_what_it_cannot_predict():
+    r, labels, covs = _latent_case()
+    resp = LatentResponse.fit(r, labels, covs, SPEC, "compositional")
+    back = LatentResponse.from_dict(resp.to_dict())
+    for p, c in [("A", ("t3",)), ("B+C", ("t2",)), ("D", ("t1",))]:
+        np.testing.assert_array_equal(back.shift(p, c)[0], resp.shift(p, c)[0])
+    with pytest.raises(UnknownPerturbationError, match="'Z' was never seen"):
+        resp.shift("Z", ("t0",))
+    with pytest.raises(UnknownPerturbationError, match="member 'Z'"):
+        resp.shift("B+Z", ("t0",))
+    with pytest.raises(UnknownPerturbationError, match="no control cells"):
+        resp.shift("B", ("t9",))
+
+
+def _counts(seed=0, n=60, genes=30):
+    """Tiny NB counts: controls, A, B and A+B (additive in log space) in two cell types."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, genes)
+    types = {"x": np.zeros(genes), "y": rng.normal(0, 0.7, genes)}
+    effects = {"A": np.where(np.arange(genes) < 8, 1.5, 0.0), "B": np.where(np.arange(genes) >= 22, -1.2, 0.0)}
+    X, obs = [], []
+    for t, dt in types.items():
+        for p in ("ctrl", "A", "B", "A+B"):
+            eff = sum((effects[m] for m in p.split("+") if m != "ctrl"), np.zeros(genes))
+            mu = 300 * np.exp(base + dt + eff) / np.exp(base + dt + eff).sum()
+            X.append(rng.negative_binomial(5, 5 / (5 + mu), size=(n, genes)))
+            obs += [(p, t)] * n
+    obs = pd.DataFrame(obs, columns=["condition", "cell_type"], index=[f"c{i}" for i in range(len(obs))])
+    return ad.AnnData(np.concatenate(X).astype(np.float32), obs=obs,
+                      var=pd.DataFrame(index=[f"g{j}" for j in range(genes)]))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = _counts()
+    train = data[~((data.obs.condition == "A+B") & (data.obs.cell_type == "y"))].copy()
+    pm = genjax.PerturbationModel(train, "condition", "ctrl", "cell_type", vae_kwargs=dict(n_hidden=16, n_latent=4))
+    pm.fit(max_epochs=3, batch_size=64, progress=False)
+    return data, pm
+
+
+def test_predict_returns_cells_with_their_source_and_is_seeded(fitted, tmp_path):
+    data, pm = fitted
+    src = data[(data.obs.condition == "ctrl") & (data.obs.cell_type == "y")].copy()
+    pred = pm.predict(src, "B+A", n_per_cell=2, seed=3)
+    assert pred.shape == (2 * src.n_obs, data.n_vars) and list(pred.var_names) == list(data.var_names)
+    assert (pred.obs["condition"] == "A+B").all() and (pred.obs["cell_type"] == "y").all()
+    assert list(pred.obs["source_cell"][:4]) == [src.obs_names[0]] * 2 + [src.obs_names[1]] * 2
+    assert np.all(pred.X == np.round(pred.X)) and pred.X.min() >= 0
+    assert pred.uns["perturbation_rule"] == {"y": "carried"}  # A+B measured in x only
+    np.testing.assert_array_equal(pm.predict(src, "A+B", n_per_cell=2, seed=3).X, pred.X)
+    pm.save(tmp_path / "pm")
+    back = genjax.PerturbationModel.load(tmp_path / "pm")
+    np.testing.assert_array_equal(back.predict(src, "A+B", n_per_cell=2, seed=3).X, pred.X)
+    mean = back.predict_mean(src, "A+B", n_per_cell=2, seed=3)
+    np.testing.assert_allclose(mean, genjax.data.normalize_log1p(pred.X).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_names_bad_sources_and_unknown_perturbations(fitted):
+    data, pm = fitted
+    src = data[(data.obs.condition == "ctrl") & (data.obs.cell_type == "y")].copy()
+    with pytest.raises(ValueError, match=r"source cell 'c\d+' has condition='A'"):
+        pm.predict(data[data.obs.condition != "ctrl"][:5].copy(), "A")
+    with pytest.raises(UnknownPerturbationError, match="'KLF1' was never seen"):
+        pm.predict(src, "KLF1")
+    with pytest.raises(UnknownPerturbationError, match="member 'KLF1'"):
+        pm.predict(src, "A+KLF1")
+    other = src.copy()
+    other.obs["cell_type"] = "z"
+    with pytest.raises(UnknownPerturbationError, match="no control cells in training"):
+        pm.predict(other, "A")
+    with pytest.raises(KeyError, match="perturbation key 'condition'"):
+        pm.predict(ad.AnnData(src.X, var=src.var), "A")
+    with pytest.raises(KeyError, match="perturbation key 'dose'"):
+        genjax.PerturbationModel(data, "dose", "ctrl")
+    with pytest.raises(ValueError, match="no cell of adata has the control label 'DMSO'"):
+        genjax.PerturbationModel(data, "condition", "DMSO")
+
+
+def test_cli_trains_and_predicts_a_perturbation_model(tmp_path, capsys):
+    data = _counts(n=30)
+    train = data[~((data.obs.condition == "A+B") & (data.obs.cell_type == "y"))].copy()
+    train.write_h5ad(tmp_path / "train.h5ad")
+    data[(data.obs.condition == "ctrl") & (data.obs.cell_type == "y")].copy().write_h5ad(tmp_path / "src.h5ad")
+    data[data.obs.condition == "A"].copy().write_h5ad(tmp_path / "notctrl.h5ad")
+    base = ["train", "--data", str(tmp_path / "train.h5ad"), "--out", str(tmp_path / "pm"), "--perturbation-key",
+            "condition", "--control", "ctrl", "--covariate-key", "cell_type", "--vae-epochs", "2", "--quiet"]
+    assert cli(base) == 0
+    assert cli(["predict", "--model", str(tmp_path / "pm"), "--data", str(tmp_path / "src.h5ad"), "--perturbation",
+                "A+B", "--out", str(tmp_path / "pred.h5ad")]) == 0
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert pred.n_obs == 30 and (pred.obs["condition"] == "A+B").all()
+    capsys.readouterr()
+    for args, match in [
+        (["--perturbation", "A+Q"], "member 'Q'"),
+        (["--perturbation", "A", "--data", str(tmp_path / "notctrl.h5ad")], "has condition='A'"),
+    ]:
+        argv = ["predict", "--model", str(tmp_path / "pm"), "--data", str(tmp_path / "src.h5ad"), "--out",
+                str(tmp_path / "x.h5ad"), *args]
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err, err
+    assert cli(["train", "--data", str(tmp_path / "train.h5ad"), "--out", str(tmp_path / "q"),
+                "--perturbation-key", "condition"]) == 2
+    assert "--perturbation-key needs --control" in capsys.readouterr().err
