@@ -12,6 +12,16 @@ The array-level statistics are public too, for use on any point clouds: energy d
 statistics (``_preprocess.py``) and the label classifier (``_label_classifier.py``); the blockwise building blocks
 (:func:`make_buffer`, :func:`pair_sums`, :func:`sinkhorn_buffers`, :func:`knn_loo_accuracy`) for reuse without
 recompiling.
+
+Perturbation prediction (``_perturbation.py``): :func:`evaluate_perturbations` scores predicted mean profiles
+(and cells) of perturbed conditions against the observed ones, per condition, beside the ``control``,
+``perturbed_mean``, ``additive`` and split-half ``ceiling`` baselines, as a tidy table (:func:`summarise`
+averages it): Pearson delta against control and against the perturbed centroid, MSE, RMSE / L2 on the top
+expressed genes, PerturBench's cosine of log fold changes and rank metric (:func:`rank_metric`), R^2 and scGen's
+squared Pearson on the top DEGs, cell-eval's DEG recall (:func:`deg_recall`), energy distance in PCA space
+(:func:`split_half_ceiling`) and genetic-interaction recovery (:func:`interaction_genes`); one condition at a
+time with :func:`perturbation_scores`, DE with :func:`de_test` / :func:`top_degs`, gene sets with
+:func:`top_expressed`, log fold changes with :func:`logfc`.
 """
 
 from ._buffer import make_buffer as make_buffer
@@ -32,6 +42,20 @@ from ._label_classifier import LabelClassifier as LabelClassifier
 from ._label_classifier import classifier_objective as classifier_objective
 from ._label_classifier import fit_label_classifier as fit_label_classifier
 from ._label_classifier import predict_labels as predict_labels
+from ._perturbation import BASELINE_ROWS as BASELINE_ROWS
+from ._perturbation import PERTURBATION_METRICS as PERTURBATION_METRICS
+from ._perturbation import DETest as DETest
+from ._perturbation import de_test as de_test
+from ._perturbation import deg_recall as deg_recall
+from ._perturbation import evaluate_perturbations as evaluate_perturbations
+from ._perturbation import interaction_genes as interaction_genes
+from ._perturbation import logfc as logfc
+from ._perturbation import perturbation_scores as perturbation_scores
+from ._perturbation import rank_metric as rank_metric
+from ._perturbation import split_half_ceiling as split_half_ceiling
+from ._perturbation import summarise as summarise
+from ._perturbation import top_degs as top_degs
+from ._perturbation import top_expressed as top_expressed
 from ._preprocess import PCA as PCA
 from ._preprocess import gene_statistics as gene_statistics
 from ._preprocess import normalize_log1p as normalize_log1p
