@@ -142,6 +142,13 @@ def test_predict_returns_cells_with_their_source_and_is_seeded(fitted, tmp_path)
     assert np.all(pred.X == np.round(pred.X)) and pred.X.min() >= 0
     assert pred.uns["perturbation_rule"] == {"y": "carried"}  # A+B measured in x only
     np.testing.assert_array_equal(pm.predict(src, "A+B", n_per_cell=2, seed=3).X, pred.X)
+    scgen = pm.with_method("scgen")  # the same VAE, scGen's average shift
+    assert scgen.vae is pm.vae and pm.options["method"] == "compositional"
+    r = pm._latent_with_library(pm.adata)
+    labels = pm.spec.labels(pm.adata)
+    cov = pm.adata.obs["cell_type"].to_numpy()
+    expected = (r[(labels == "A+B") & (cov == "x")].mean(0) - r[(labels == "ctrl") & (cov == "x")].mean(0))
+    np.testing.assert_allclose(scgen.shift("A+B", cell_type="y")[0], expected, rtol=1e-6, atol=1e-9)
     pm.save(tmp_path / "pm")
     back = genjax.PerturbationModel.load(tmp_path / "pm")
     np.testing.assert_array_equal(back.predict(src, "A+B", n_per_cell=2, seed=3).X, pred.X)

@@ -146,6 +146,26 @@ class PerturbationModel(SavedModel):
                 fingerprint={"vae_params": tree_digest(self.vae.params)}, **(flow_kwargs or {}))
         return self
 
+    def with_method(self, method: str) -> PerturbationModel:
+        """A model sharing this one's trained VAE with another shift estimator (``"compositional"`` or
+        ``"scgen"``), estimated on the same training cells: compares the estimators on one VAE.
+
+        Raises:
+            RuntimeError: not fitted, or fitted without its training data (a loaded model). ValueError: another
+                method.
+        """
+        self._require_fitted()
+        check_choice("method", method, ("compositional", "scgen"))
+        if self.adata is None:
+            raise RuntimeError("with_method needs the training data; a loaded model does not keep it")
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.options = {**self.options, "method": method}
+        other.flow = None
+        other.response = LatentResponse.fit(self._latent_with_library(self.adata), self.spec.labels(self.adata),
+                                            self.spec.covariates(self.adata), self.spec, method)
+        return other
+
     def _latent_with_library(self, adata) -> np.ndarray:
         """``(cells, n_latent + 1)`` posterior means with the log library size appended."""
         z = self.vae.latent(adata)
@@ -189,7 +209,7 @@ class PerturbationModel(SavedModel):
                            f"{sorted(covariates)}")
         return self.response.shift(perturbation, tuple(str(covariates[k]) for k in self.spec.covariate_keys))
 
-    def predict(self, source, perturbation: str, *, n_per_cell: int = 1, seed: int = 0,
+    def predict(self, source, perturbation: str, *, n_per_cell: int = 1, seed: int = 0, calibrate: bool = True,
                 batch_size: int = 1024):
         """Predicted cells of ``perturbation`` from the control cells ``source``.
 
@@ -201,7 +221,13 @@ class PerturbationModel(SavedModel):
             source: AnnData of control cells (raw counts, the training genes), with the covariate columns.
             perturbation: a label (a combination joined by the delimiter, members in any order).
             n_per_cell: predicted cells per source cell.
-            seed: seed of the draws. batch_size: cells decoded per jitted call.
+            seed: seed of the draws.
+            calibrate: remove the decoder's per-gene bias on the source cells: the predicted means are multiplied
+                per gene and covariate value by ``f_g = (sum_i x_ig + 1) / (sum_i mu_ig + 1)``, the source cells'
+                observed counts over their own decoded (unshifted) expected counts. The model then predicts the
+                source profile itself for a zero shift (the no-change baseline is its offset) and contributes
+                only the change, and a VAE's reconstruction error does not count as a response.
+            batch_size: cells decoded per jitted call.
 
         Returns:
             AnnData ``(n_source * n_per_cell, genes)``: ``X`` float32 counts, ``layers["mean"]`` the expected
@@ -220,7 +246,9 @@ class PerturbationModel(SavedModel):
         n_per_cell = check_int("n_per_cell", n_per_cell)
         cov_idx = self._check_source(source)
         canonical = self.spec.canonical(perturbation)
-        r = np.repeat(self._latent_with_library(source), n_per_cell, axis=0)
+        r_source = self._latent_with_library(source)
+        log_factor = self._calibration(source, r_source, cov_idx, batch_size) if calibrate else None
+        r = np.repeat(r_source, n_per_cell, axis=0)
         cov_idx = np.repeat(cov_idx, n_per_cell)
         moved, rules = np.empty_like(r), {}
         for c in np.unique(cov_idx):
@@ -235,7 +263,8 @@ class PerturbationModel(SavedModel):
                 moved[rows, :-1] = z
                 moved[rows, -1] = r[rows, -1] + self._library_shift(canonical, covs)
         moved = moved.astype(np.float32)
-        mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size)
+        factor = None if log_factor is None else log_factor[cov_idx]
+        mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size, factor)
         rows = np.repeat(np.arange(source.n_obs), n_per_cell)
         obs = pd.DataFrame(index=pd.Index([f"pred-{i}" for i in range(len(rows))]))
         obs["source_cell"] = np.asarray(source.obs_names)[rows]
@@ -256,29 +285,46 @@ class PerturbationModel(SavedModel):
         except UnknownPerturbationError:
             return 0.0
 
-    def _decode(self, z: np.ndarray, log_lib: np.ndarray, seed: int, batch_size: int):
-        """Expected counts and one draw (each float32 ``(cells, genes)``) at latents ``z`` and log libraries."""
+    def _calibration(self, source, r: np.ndarray, cov_idx: np.ndarray, batch_size: int) -> np.ndarray:
+        """float32 ``(covariate values, genes)`` log factors ``log f_g`` per covariate value of the source cells
+        (zeros for values without source cells); see :meth:`predict`."""
+        mean, _ = self._decode(r[:, :-1].astype(np.float32), r[:, -1].astype(np.float32), 0, batch_size)
+        X = get_matrix(source, self.options["layer"])
+        out = np.zeros((len(self.response.covariates), mean.shape[1]), np.float32)
+        for c in np.unique(cov_idx):
+            rows = np.flatnonzero(cov_idx == c)
+            observed = np.asarray(X[rows].sum(axis=0), np.float64).ravel()
+            out[c] = np.log((observed + 1.0) / (mean[rows].sum(axis=0, dtype=np.float64) + 1.0))
+        return out
+
+    def _decode(self, z: np.ndarray, log_lib: np.ndarray, seed: int, batch_size: int,
+                log_factor: np.ndarray | None = None):
+        """Expected counts and one draw (each float32 ``(cells, genes)``) at latents ``z`` and log libraries, the
+        means multiplied by ``exp(log_factor)`` (cells, genes) when given."""
         vae = self.vae
         f = cached_jit(vae.module, "decode-mean-sample", functools.partial(_decode_mean_sample, vae.module))
         key = jax.random.key(seed)
         means, draws = [], []
         for i, start in enumerate(range(0, len(z), batch_size)):
             sl = slice(start, start + batch_size)
-            m, x = f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), jax.random.fold_in(key, i))
+            lf = (jnp.zeros((len(z[sl]), len(self.var_names)), jnp.float32) if log_factor is None
+                  else jnp.asarray(log_factor[sl]))
+            m, x = f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), lf, jax.random.fold_in(key, i))
             means.append(np.asarray(m))
             draws.append(np.asarray(x))
         return np.concatenate(means).astype(np.float32), np.concatenate(draws).astype(np.float32)
 
-    def predict_cells(self, source, perturbation: str, *, seed: int = 0) -> np.ndarray:
+    def predict_cells(self, source, perturbation: str, *, seed: int = 0, calibrate: bool = True) -> np.ndarray:
         """``(n_source, genes)`` float32 log1p(CP10k) values of one predicted cell per source cell (the
         baselines' cell-level interface)."""
-        return normalize_log1p(self.predict(source, perturbation, seed=seed).X)
+        return normalize_log1p(self.predict(source, perturbation, seed=seed, calibrate=calibrate).X)
 
-    def predict_mean(self, source, perturbation: str, *, n_per_cell: int = 4, seed: int = 0) -> np.ndarray:
+    def predict_mean(self, source, perturbation: str, *, n_per_cell: int = 4, seed: int = 0,
+                     calibrate: bool = True) -> np.ndarray:
         """``(genes,)`` float32 predicted mean of log1p(CP10k) over cells of ``perturbation`` with the source
         cells' covariates: the mean over ``n_per_cell`` predicted cells per source cell (the statistic observed
         cells are compared on, so the sampling noise of counts enters as it does in real cells)."""
-        pred = self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed)
+        pred = self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed, calibrate=calibrate)
         return normalize_log1p(pred.X).mean(axis=0)
 
     def _saved_state(self):
@@ -321,7 +367,9 @@ class PerturbationModel(SavedModel):
         return super().load(path)
 
 
-def _decode_mean_sample(module, params, z, log_lib, key):
-    """Expected counts and one draw from the decoder's observation model at latents ``z`` (cells, latent)."""
+def _decode_mean_sample(module, params, z, log_lib, log_factor, key):
+    """Expected counts and one draw from the decoder's observation model at latents ``z`` (cells, latent), the
+    NB / Poisson means multiplied by ``exp(log_factor)`` (cells, genes)."""
     out = vae_decode(module, params, z, log_lib, None)
+    out = {**out, "log_mu": out["log_mu"] + log_factor}
     return observation_model(module.likelihood).mean(out), vae_sample_counts(key, module, out)
