@@ -200,6 +200,63 @@ def test_cli_trains_and_predicts_a_perturbation_model(tmp_path, capsys):
         assert cli(argv) == 2
         err = capsys.readouterr().err
         assert match in err and "Traceback" not in err, err
+    real = data[(data.obs.cell_type == "y") & data.obs.condition.isin(["ctrl", "A+B"])].copy()
+    real.write_h5ad(tmp_path / "real.h5ad")
+    assert cli(["evaluate", "--real", str(tmp_path / "real.h5ad"), "--generated", str(tmp_path / "pred.h5ad"),
+                "--perturbation-key", "condition", "--control", "ctrl", "--covariate-key", "cell_type",
+                "--train", str(tmp_path / "train.h5ad"), "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "ev" / "perturbation_metrics.csv")
+    assert set(table["condition"]) == {"A+B | y"}
+    assert {"model", "baseline additive", "baseline mean_delta", "control", "ceiling"} <= set(table["method"])
+    assert "baseline additive" in printed and "model" in printed
     assert cli(["train", "--data", str(tmp_path / "train.h5ad"), "--out", str(tmp_path / "q"),
                 "--perturbation-key", "condition"]) == 2
     assert "--perturbation-key needs --control" in capsys.readouterr().err
+    assert cli(["evaluate", "--real", str(tmp_path / "real.h5ad"), "--generated", str(tmp_path / "pred.h5ad"),
+                "--train", str(tmp_path / "train.h5ad")]) == 2
+    assert "give --perturbation-key" in capsys.readouterr().err
+
+
+def test_evaluate_predicted_perturbations_matches_the_array_path_and_names_bad_input():
+    data = _counts(n=30)
+    spec = PerturbationSpec("condition", "ctrl", ("cell_type",))
+    train = data[~((data.obs.condition == "A+B") & (data.obs.cell_type == "y"))].copy()
+    real = data[(data.obs.cell_type == "y") & data.obs.condition.isin(["ctrl", "A+B"])].copy()
+    observed = real[real.obs.condition == "A+B"].copy()
+    rng = np.random.default_rng(1)
+    noisy = observed.copy()  # the observed cells with a count added here and there: a near-oracle
+    noisy.X = noisy.X + rng.binomial(1, 0.2, noisy.shape).astype(np.float32)
+    noisy.obs["condition"] = "B+A"  # member order does not matter
+    table = genjax.metrics.evaluate_predicted_perturbations(real, {"oracle": observed, "noisy": noisy}, spec,
+                                                             train=train)
+    value = table.set_index(["method", "metric"])["value"]
+    assert value["oracle", "r2_mean_deg"] == pytest.approx(1.0) and value["oracle", "l2_top"] == pytest.approx(0.0)
+    log = genjax.data.normalize_log1p
+    ctrl = real[real.obs.condition == "ctrl"]
+    tr = train[train.obs.cell_type == "y"]
+    additive = genjax.models.BASELINES["additive"](spec).fit(train).predict_mean(ctrl.copy(), "A+B")
+    # additive in y = y controls + (y's A - y's ctrl) + (y's B - y's ctrl) in mean log1p space, by hand
+
+    def m(mask):
+        return log(tr.X[mask]).mean(0)
+    by_hand = log(ctrl.X).mean(0) + m(tr.obs.condition == "A") + m(tr.obs.condition == "B") - 2 * m(
+        tr.obs.condition == "ctrl")
+    np.testing.assert_allclose(additive, by_hand, rtol=1e-5, atol=1e-5)
+    direct = genjax.metrics.evaluate_perturbations(
+        {"A+B | y": log(observed.X)}, {"A+B | y": log(ctrl.X)}, {"noisy": {"A+B | y": log(noisy.X)}},
+        additive={"A+B | y": additive}, groups={"A+B | y": "y"})
+    d = direct[direct.method == "noisy"].set_index("metric")["value"]
+    t = table[table.method == "noisy"].set_index("metric")["value"]
+    pd.testing.assert_series_equal(t.sort_index(), d.sort_index())
+    wrong_type = noisy.copy()
+    wrong_type.obs["cell_type"] = "z"
+    with pytest.raises(ValueError, match=r"condition 'A\+B \| z': real has 0 cells"):
+        genjax.metrics.evaluate_predicted_perturbations(real, wrong_type, spec)
+    with pytest.raises(ValueError, match="genes differ from real's"):
+        genjax.metrics.evaluate_predicted_perturbations(real, noisy[:, ::-1].copy(), spec)
+    with pytest.raises(ValueError, match="unknown baseline 'mean'"):
+        genjax.metrics.evaluate_predicted_perturbations(real, noisy, spec, baselines=["mean"])
+    with pytest.raises(KeyError, match="covariate key 'cell_type'"):
+        genjax.metrics.evaluate_predicted_perturbations(real, ad.AnnData(noisy.X, obs=noisy.obs[["condition"]],
+                                                                         var=noisy.var), spec)

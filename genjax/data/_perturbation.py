@@ -81,7 +81,7 @@ class PerturbationSpec:
 
         Raises:
             KeyError: ``key`` is not an ``adata.obs`` column (the columns are listed).
-            ValueError: a malformed label (named with its cell), or no cell has the control label.
+            ValueError: a malformed label (named with its cell).
         """
         self.check_keys(adata)
         raw = adata.obs[self.key].astype(str).to_numpy()

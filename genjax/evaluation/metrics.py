@@ -21,7 +21,9 @@ expressed genes, PerturBench's cosine of log fold changes and rank metric (:func
 squared Pearson on the top DEGs, cell-eval's DEG recall (:func:`deg_recall`), energy distance in PCA space
 (:func:`split_half_ceiling`) and genetic-interaction recovery (:func:`interaction_genes`); one condition at a
 time with :func:`perturbation_scores`, DE with :func:`de_test` / :func:`top_degs`, gene sets with
-:func:`top_expressed`, log fold changes with :func:`logfc`.
+:func:`top_expressed`, log fold changes with :func:`logfc`. From AnnData files (real, predicted and training
+cells, the baselines fitted on the latter): :func:`evaluate_predicted_perturbations`
+(``_perturbation_anndata.py``), what ``genjax evaluate --perturbation-key`` runs.
 """
 
 from ._buffer import make_buffer as make_buffer
@@ -56,6 +58,7 @@ from ._perturbation import split_half_ceiling as split_half_ceiling
 from ._perturbation import summarise as summarise
 from ._perturbation import top_degs as top_degs
 from ._perturbation import top_expressed as top_expressed
+from ._perturbation_anndata import evaluate_predicted_perturbations as evaluate_predicted_perturbations
 from ._preprocess import PCA as PCA
 from ._preprocess import gene_statistics as gene_statistics
 from ._preprocess import normalize_log1p as normalize_log1p
