@@ -25,6 +25,24 @@ def test_pbmc3k_is_bundled_with_provenance_and_licence():
     assert genjax.datasets.pbmc3k() is not adata  # a fresh copy per call
 
 
+def test_perturbench_devel_is_bundled_with_provenance_and_licence():
+    adata = genjax.datasets.perturbench_devel()
+    assert adata.shape == (5961, 500) and sp.issparse(adata.X)
+    genjax.validate_counts(adata.X, obs_names=adata.obs_names, var_names=adata.var_names)
+    norman = genjax.datasets.perturbench_devel("norman19")
+    assert norman.n_obs == 3375 and (norman.obs["condition"] == "control").sum() == 100
+    spec = genjax.data.PerturbationSpec("condition", "control")
+    doubles = genjax.data.combinations_with_singles(norman, spec)
+    assert int(doubles["has_singles"].sum()) == 5
+    mcf = genjax.datasets.perturbench_devel("mcfaline23")
+    assert sorted(mcf.obs["cell_type"].unique()) == ["A172", "T98G", "U87MG"]
+    prov = json.loads(data_path("perturbench_devel.PROVENANCE.json").read_text())
+    assert "BSD-3-Clause" in prov["license"] and "provenance" in adata.uns
+    assert "Copyright (c) 2024, Altos Labs" in data_path("perturbench_devel.LICENSE.md").read_text()
+    with pytest.raises(ValueError, match="'norman'"):
+        genjax.datasets.perturbench_devel("norman")
+
+
 def test_synthetic_counts_truth_matches_the_draws():
     adata = genjax.datasets.synthetic_counts(3000, 40, 3, library_size=3000, theta_median=5.0, seed=1)
     again = genjax.datasets.synthetic_counts(3000, 40, 3, library_size=3000, theta_median=5.0, seed=1)
