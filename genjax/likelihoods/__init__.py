@@ -3,7 +3,8 @@ zero-inflated NB (zero inflation as logits) and Poisson.
 
 * log-pmfs (``_log_prob.py``): :func:`nb_log_prob`, :func:`zinb_log_prob`, :func:`poisson_log_prob` and their
   ``*_log`` forms taking log-parameters, from Loader's saddle-point pieces (``_special.py``);
-* samplers (``_variates.py``): :func:`sample_nb`, :func:`sample_zinb` (gamma-Poisson);
+* samplers (``_variates.py``): :func:`sample_nb`, :func:`sample_zinb` (gamma-Poisson); :func:`carry_counts`
+  (counts carried from one NB / Poisson mean to another, the identity for no change);
 * moments (``_moments.py``): :func:`nb_mean`, :func:`nb_variance`, :func:`zinb_mean`, :func:`zinb_variance`;
 * numpyro distributions (``_distributions.py``): :class:`NegativeBinomial`, :class:`ZeroInflatedNegativeBinomial`;
 * fused training sums (``_fused.py``): :func:`fast_count_log_lik`, the same values with fewer special functions,
@@ -32,5 +33,6 @@ from ._special import log_pochhammer_ratio as log_pochhammer_ratio
 from ._special import stirlerr as stirlerr
 from ._special import stirlerr_count as stirlerr_count
 from ._validation import check_args as check_args
+from ._variates import carry_counts as carry_counts
 from ._variates import sample_nb as sample_nb
 from ._variates import sample_zinb as sample_zinb

@@ -15,6 +15,9 @@ elements advance together, finished ones are masked):
   loop of about ``rate + 1`` steps), and Hormann's transformed rejection with squeeze (PTRS; "The transformed
   rejection method for generating Poisson random variables", 1993) above, with the acceptance test on the
   accurate Loader log-pmf. Counts are returned as floats (exact integers up to 2^24 in float32).
+
+:func:`carry_counts` moves counts from one NB (or Poisson) mean to another by the Gamma-Poisson coupling (binomial
+thinning down, posterior-rate Poisson increments up): exact in distribution, and the identity for no change.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .._typing import Array, ArrayLike, PRNGKeyArray
 from ._special import bd0_from_delta, horner, stirlerr_count
 from ._validation import as_float, float_dtype, validate_args_if
 
-__all__ = ["sample_nb", "sample_zinb", "nb_variates", "log_gamma_variates", "poisson_variates"]
+__all__ = ["carry_counts", "sample_nb", "sample_zinb", "nb_variates", "log_gamma_variates", "poisson_variates"]
 
 _MAX_ITERATIONS = 1000  # a safety net only: acceptance rates are >= 0.9 (PTRS) and >= 0.95 (Marsaglia-Tsang)
 _SMALL_RATE = 10.0
@@ -274,3 +277,49 @@ def _sample_zinb_kernel(key, mu, theta, zi_logits, shape):
     dtype = float_dtype(mu, theta, zi_logits)
     mu, theta, zi_logits = (jnp.broadcast_to(a, shape) for a in as_float(dtype, mu, theta, zi_logits))
     return nb_variates(key, mu, theta, zero_prob=jax.nn.sigmoid(zi_logits))
+
+
+def carry_counts(key: PRNGKeyArray, x: ArrayLike, mu0: ArrayLike, mu1: ArrayLike,
+                 theta: ArrayLike | None = None) -> tuple[Array, Array]:
+    """Carry counts ``x`` drawn from ``NB(mu0, theta)`` (Poisson when ``theta`` is None) to ``NB(mu1, theta)``
+    by the Gamma-Poisson coupling, elementwise; the counts move only as far as the change of mean requires.
+
+    With ``r = mu1 / mu0``: where ``r <= 1``, binomial thinning ``x' ~ Binomial(x, r)``; where ``r > 1``,
+    ``x' = x + Poisson((r - 1) lam)`` with ``lam ~ Gamma(theta + x, rate = theta / mu0 + 1)``, the posterior of the
+    Poisson rate behind ``x`` (``lam = mu0`` for Poisson). Given the rate ``lam ~ Gamma(theta, theta / mu0)``,
+    ``x ~ Poisson(lam)`` and both maps give ``x' ~ Poisson(r lam)``, so if ``x ~ NB(mu0, theta)`` then exactly
+    ``x' ~ NB(mu1, theta)``; ``r = 1`` returns ``x`` itself. When ``x`` does not follow the model, what it has
+    beyond the model (its cell's own noise) carries over.
+
+    Arguments:
+        key: a PRNG key.
+        x: non-negative integer counts (as floats), any shape.
+        mu0, mu1: means ``> 0``, broadcasting to ``x``'s shape.
+        theta: NB inverse dispersion ``> 0`` broadcasting to ``x``, or None for Poisson.
+
+    Returns:
+        ``(counts, expected)``: the carried counts and their expectation given ``x`` (``r x`` where ``r <= 1``,
+        ``x + (r - 1) E[lam | x]`` above), float arrays in ``x``'s shape.
+    """
+    x = jnp.asarray(x)
+    dtype = jnp.result_type(x, mu0, mu1, jnp.float32)
+    x = x.astype(dtype)
+    mu0 = jnp.broadcast_to(jnp.asarray(mu0, dtype), x.shape)
+    mu1 = jnp.broadcast_to(jnp.asarray(mu1, dtype), x.shape)
+    ratio = mu1 / mu0
+    up = ratio > 1.0
+    k_bin, k_gam, k_poi, k_u = jax.random.split(key, 4)
+    u = 1.0 - jax.random.uniform(k_u, (2, *x.shape), dtype)  # on (0, 1]
+    if theta is None:
+        lam = lam_mean = mu0
+    else:
+        theta = jnp.broadcast_to(jnp.asarray(theta, dtype), x.shape)
+        rate = theta / mu0 + 1.0
+        alpha = theta + x
+        lam = jnp.exp(log_gamma_variates(jax.random.split(k_gam, _MAX_ITERATIONS), alpha, u[0])) / rate
+        lam_mean = alpha / rate
+    added = poisson_variates(jax.random.split(k_poi, _MAX_ITERATIONS), jnp.where(up, (ratio - 1.0) * lam, 0.0), u[1])
+    thinned = jax.random.binomial(k_bin, x, jnp.clip(ratio, 0.0, 1.0)).astype(dtype)
+    counts = jnp.where(up, x + added, thinned)
+    expected = jnp.where(up, x + (ratio - 1.0) * lam_mean, ratio * x)
+    return counts, expected
