@@ -16,7 +16,7 @@ __all__ = [
     "Array", "ArrayLike", "Bool", "Float", "Int", "PRNGKeyArray", "PyTree",
     "Counts", "Points", "Times", "Params", "LossFn", "EvalFn",
     "Likelihood", "CountLikelihood", "Dispersion", "LibraryMode", "LibrarySizes", "Norm", "ComputeDtype",
-    "PriorFamily", "Space", "SDEName", "Parameterisation", "Weighting", "Reduction", "TimeSampling",
+    "PredictionNoise", "PriorFamily", "Space", "SDEName", "Parameterisation", "Weighting", "Reduction", "TimeSampling",
     "Coupling", "OTMethod", "Divergence", "Brownian", "GridKind", "Statistic",
 ]
 
@@ -65,6 +65,10 @@ ComputeDtype = Literal["float32", "bfloat16", "float16"]
 
 PriorFamily = Literal["diffusion", "flow"]
 """Family of a latent generative prior: score-based diffusion or flow matching."""
+
+PredictionNoise = Literal["source", "model"]
+"""Where a predicted perturbed cell's count noise comes from: its source cell's counts carried by the
+Gamma-Poisson coupling, or a fresh draw from the decoder (``PerturbationModel.predict``)."""
 
 Space = Literal["latent", "log1p"]
 """Where a generator's prior lives: the VAE latent space, or normalised log1p expression."""

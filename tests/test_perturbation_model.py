@@ -91,6 +91,40 @@ def test_the_interaction_is_learned_only_when_it_predicts_held_out_combinations(
     assert np.linalg.norm(shift - 0.5 * sums) < np.linalg.norm(sums - 0.5 * sums)
 
 
+def _pooled_case(a_in_combos: float, dim=10, seed=0):
+    """Latent points of controls, singles A-F and doubles; A acts at ``a_in_combos`` of its single effect in every
+    combination (4 training doubles contain it), the others as alone."""
+    rng = np.random.default_rng(seed)
+    single = {m: rng.normal(0, 1, dim) for m in "ABCDEF"}
+    in_combo = {**single, "A": a_in_combos * single["A"]}
+    rows, labels = [], []
+    for label in ["ctrl", *single, "A+B", "A+C", "A+D", "A+F", "B+C", "C+D", "B+E", "D+F"]:
+        members = [] if label == "ctrl" else label.split("+")
+        effect = single[label] if len(members) == 1 else sum((in_combo[m] for m in members), np.zeros(dim))
+        rows.append(effect + 0.02 * rng.normal(size=(30, dim)))
+        labels += [label] * 30
+    labels = np.asarray(labels, dtype=object)
+    return np.concatenate(rows), labels, np.full((len(labels), 1), "t0", dtype=object), single, in_combo
+
+
+def test_pooled_member_effects_learn_how_a_member_acts_in_combinations():
+    """A acts at 0.3 of its single effect in every combination: effects pooled over all conditions predict the
+    unseen A+E better than the sum of singles, and the choice is made on training combinations only."""
+    r, labels, covs, single, in_combo = _pooled_case(0.3)
+    resp = LatentResponse.fit(r, labels, covs, SPEC, "compositional")
+    assert math.isfinite(resp.pooling) and math.isinf(resp.ridge)
+    shift, rule = resp.shift("A+E", ("t0",))
+    truth, additive = in_combo["A"] + single["E"], single["A"] + single["E"]
+    assert rule == "composed"
+    assert np.linalg.norm(shift - truth) < 0.5 * np.linalg.norm(additive - truth)
+    back = LatentResponse.from_dict(resp.to_dict())
+    np.testing.assert_allclose(back.shift("A+E", ("t0",))[0], shift)
+    # when every member acts as alone, the prediction stays the sum of singles whatever family is chosen
+    r, labels, covs, single, _ = _pooled_case(1.0)
+    shift, _ = LatentResponse.fit(r, labels, covs, SPEC, "compositional").shift("A+E", ("t0",))
+    assert np.linalg.norm(shift - single["A"] - single["E"]) < 0.1
+
+
 def test_response_round_trips_and_names_what_it_cannot_predict():
     r, labels, covs = _latent_case()
     resp = LatentResponse.fit(r, labels, covs, SPEC, "compositional")
@@ -154,6 +188,25 @@ def test_predict_returns_cells_with_their_source_and_is_seeded(fitted, tmp_path)
     np.testing.assert_array_equal(back.predict(src, "A+B", n_per_cell=2, seed=3).X, pred.X)
     mean = back.predict_mean(src, "A+B", n_per_cell=2, seed=3)
     np.testing.assert_allclose(mean, genjax.data.normalize_log1p(pred.X).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_source_noise_carries_the_source_counts(fitted):
+    """noise="source": no change returns the source cells' own counts; a shift moves them by the coupling (means
+    follow the decoder's change); noise="model" redraws them."""
+    data, pm = fitted
+    src = data[(data.obs.condition == "ctrl") & (data.obs.cell_type == "x")].copy()
+    same = pm.predict(src, "ctrl", seed=1)
+    assert same.uns["noise"] == "source"
+    np.testing.assert_array_equal(same.X, src.X)
+    redrawn = pm.predict(src, "ctrl", seed=1, noise="model")
+    assert not np.array_equal(redrawn.X, src.X)
+    moved = pm.predict(src, "A", n_per_cell=40, seed=2)
+    model = pm.predict(src, "A", n_per_cell=40, seed=2, noise="model")
+    # E[x' | x] summed over cells is the model's perturbed total where the source totals equal the decoded ones
+    ratio = moved.layers["mean"].sum(0) / model.layers["mean"].sum(0)
+    assert np.median(np.abs(np.log(ratio))) < 0.15, ratio
+    with pytest.raises(ValueError, match="noise must be one of"):
+        pm.predict(src, "A", noise="gaussian")
 
 
 def test_predict_names_bad_sources_and_unknown_perturbations(fitted):

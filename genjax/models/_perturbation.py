@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_choice, check_int
+from .._typing import PredictionNoise
 from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, normalize_log1p, row_sums
+from ..likelihoods import carry_counts
 from ..training import tree_digest
 from ..vae import observation_model, vae_decode, vae_sample_counts
 from ._base import SavedModel, cached_jit
@@ -210,18 +212,31 @@ class PerturbationModel(SavedModel):
         return self.response.shift(perturbation, tuple(str(covariates[k]) for k in self.spec.covariate_keys))
 
     def predict(self, source, perturbation: str, *, n_per_cell: int = 1, seed: int = 0, calibrate: bool = True,
-                batch_size: int = 1024):
+                noise: PredictionNoise | None = None, batch_size: int = 1024):
         """Predicted cells of ``perturbation`` from the control cells ``source``.
 
         Each source cell is encoded (posterior mean), shifted by the condition's predicted latent shift at the
-        cell's covariate values, decoded with its library size moved by the condition's library shift, and
-        ``n_per_cell`` cells are drawn from the count distribution.
+        cell's covariate values and decoded with its library size moved by the condition's library shift: the
+        perturbed expected counts ``mu1`` beside the unperturbed ``mu0`` (the source cell decoded unshifted).
+        ``n_per_cell`` cells are drawn per source cell, by ``noise``:
+
+        * ``"source"`` (default for NB and Poisson decoders): the source cell's own counts ``x`` carried to the
+          perturbed distribution by the Gamma-Poisson coupling, gene by gene with ``r = mu1 / mu0``: where
+          ``r <= 1``, binomial thinning ``x' ~ Binomial(x, r)``; where ``r > 1``, ``x' = x + Poisson((r - 1)
+          lam)`` with ``lam ~ Gamma(theta + x, rate theta / mu0 + 1)`` the posterior of the cell's Poisson rate
+          (``lam = mu0`` for Poisson). If ``x ~ NB(mu0, theta)`` then exactly ``x' ~ NB(mu1, theta)``, and with
+          no change (``r = 1``) ``x' = x``: the no-change baseline is the offset, the model contributes only
+          the change, and the cell-to-cell variation of real cells (and what the decoder misses of it) carries
+          over instead of being redrawn.
+        * ``"model"``: a fresh draw from the decoder's count distribution at ``mu1``.
 
         Arguments:
             source: AnnData of control cells (raw counts, the training genes), with the covariate columns.
             perturbation: a label (a combination joined by the delimiter, members in any order).
             n_per_cell: predicted cells per source cell.
             seed: seed of the draws.
+            noise: ``"source"`` or ``"model"`` (above); None: ``"source"`` for NB / Poisson decoders, ``"model"``
+                for ZINB (the coupling is exact for NB and Poisson only).
             calibrate: remove the decoder's per-gene bias on the source cells: the predicted means are multiplied
                 per gene and covariate value by ``f_g = (sum_i x_ig + 1) / (sum_i mu_ig + 1)``, the source cells'
                 observed counts over their own decoded (unshifted) expected counts. The model then predicts the
@@ -230,9 +245,10 @@ class PerturbationModel(SavedModel):
             batch_size: cells decoded per jitted call.
 
         Returns:
-            AnnData ``(n_source * n_per_cell, genes)``: ``X`` float32 counts, ``layers["mean"]`` the expected
-            counts, ``obs`` the source cell (``source_cell``), the perturbation, the covariates and
-            ``library_size``; ``uns["perturbation_rule"]`` how each covariate value's shift was made.
+            AnnData ``(n_source * n_per_cell, genes)``: ``X`` float32 counts, ``layers["mean"]`` their expected
+            value (``mu1``; with ``"source"`` noise given the source counts, ``r x`` or ``x + (r - 1) E[lam]``),
+            ``obs`` the source cell (``source_cell``), the perturbation, the covariates and ``library_size``;
+            ``uns["perturbation_rule"]`` how each covariate value's shift was made, ``uns["noise"]``.
 
         Raises:
             RuntimeError: not fitted. ValueError: a source cell that is not a control, genes that do not match.
@@ -244,6 +260,7 @@ class PerturbationModel(SavedModel):
 
         self._require_fitted()
         n_per_cell = check_int("n_per_cell", n_per_cell)
+        noise = self._noise(noise)
         cov_idx = self._check_source(source)
         canonical = self.spec.canonical(perturbation)
         r_source = self._latent_with_library(source)
@@ -264,8 +281,12 @@ class PerturbationModel(SavedModel):
                 moved[rows, -1] = r[rows, -1] + self._library_shift(canonical, covs)
         moved = moved.astype(np.float32)
         factor = None if log_factor is None else log_factor[cov_idx]
-        mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size, factor)
         rows = np.repeat(np.arange(source.n_obs), n_per_cell)
+        if noise == "model":
+            mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size, factor)
+        else:
+            mean, counts = self._transport(r.astype(np.float32), moved, get_matrix(source, self.options["layer"]),
+                                           rows, seed, batch_size, factor)
         obs = pd.DataFrame(index=pd.Index([f"pred-{i}" for i in range(len(rows))]))
         obs["source_cell"] = np.asarray(source.obs_names)[rows]
         obs[self.spec.key] = canonical
@@ -275,7 +296,37 @@ class PerturbationModel(SavedModel):
         out = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=self.var_names))
         out.layers["mean"] = mean
         out.uns["perturbation_rule"] = rules
+        out.uns["noise"] = noise
         return out
+
+    def _noise(self, noise) -> str:
+        likelihood = self.vae.module.likelihood
+        if noise is None:
+            return "source" if likelihood in ("nb", "poisson") else "model"
+        noise = check_choice("noise", noise, PredictionNoise)
+        if noise == "source" and likelihood not in ("nb", "poisson"):
+            raise ValueError(f"noise='source' carries counts by the NB / Poisson coupling; this model's decoder is "
+                             f"{likelihood!r}: use noise='model'")
+        return noise
+
+    def _transport(self, r0: np.ndarray, r1: np.ndarray, X, rows: np.ndarray, seed: int, batch_size: int,
+                   log_factor: np.ndarray | None):
+        """Expected and carried counts (float32 ``(cells, genes)``) of the source counts ``X[rows]`` moved from
+        the decoded distribution at ``r0`` (latent + log library per row) to that at ``r1``."""
+        vae = self.vae
+        f = cached_jit(vae.module, "decode-transport", functools.partial(_decode_transport, vae.module))
+        key = jax.random.key(seed)
+        means, draws = [], []
+        for i, start in enumerate(range(0, len(r1), batch_size)):
+            sl = slice(start, start + batch_size)
+            x = X[rows[sl]]
+            x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32)
+            lf = (jnp.zeros_like(x) if log_factor is None else jnp.asarray(log_factor[sl]))
+            m, c = f(vae.params, jnp.asarray(r0[sl, :-1]), jnp.asarray(r0[sl, -1]), jnp.asarray(r1[sl, :-1]),
+                     jnp.asarray(r1[sl, -1]), lf, jnp.asarray(x), jax.random.fold_in(key, i))
+            means.append(np.asarray(m))
+            draws.append(np.asarray(c))
+        return np.concatenate(means).astype(np.float32), np.concatenate(draws).astype(np.float32)
 
     def _library_shift(self, perturbation: str, covariates: tuple[str, ...]) -> float:
         """The condition's predicted log-library shift (0 when the shift estimator cannot make one: the flow
@@ -314,17 +365,27 @@ class PerturbationModel(SavedModel):
             draws.append(np.asarray(x))
         return np.concatenate(means).astype(np.float32), np.concatenate(draws).astype(np.float32)
 
-    def predict_cells(self, source, perturbation: str, *, seed: int = 0, calibrate: bool = True) -> np.ndarray:
-        """``(n_source, genes)`` float32 log1p(CP10k) values of one predicted cell per source cell (the
-        baselines' cell-level interface)."""
-        return normalize_log1p(self.predict(source, perturbation, seed=seed, calibrate=calibrate).X)
+    def predict_cells(self, source, perturbation: str, *, seed: int = 0, calibrate: bool = True,
+                      n_per_cell: int = 1, noise: PredictionNoise | None = None) -> np.ndarray:
+        """``(n_source * n_per_cell, genes)`` float32 log1p(CP10k) values of predicted cells (the baselines'
+        cell-level interface). The mean over them estimates the predicted mean profile with Monte Carlo noise of
+        the count draws: about ``sd / sqrt(n_source * n_per_cell)`` per gene, which mean metrics over hundreds of
+        genes add up (at 100 source cells and one draw each, an L2 of ~1.7 over 500 Norman genes), so score mean
+        metrics with ``n_per_cell`` large enough for ~2000 cells or with :meth:`predict_mean`."""
+        return normalize_log1p(self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed,
+                                            calibrate=calibrate, noise=noise).X)
 
-    def predict_mean(self, source, perturbation: str, *, n_per_cell: int = 4, seed: int = 0,
-                     calibrate: bool = True) -> np.ndarray:
+    def predict_mean(self, source, perturbation: str, *, n_per_cell: int | None = None, seed: int = 0,
+                     calibrate: bool = True, noise: PredictionNoise | None = None) -> np.ndarray:
         """``(genes,)`` float32 predicted mean of log1p(CP10k) over cells of ``perturbation`` with the source
         cells' covariates: the mean over ``n_per_cell`` predicted cells per source cell (the statistic observed
-        cells are compared on, so the sampling noise of counts enters as it does in real cells)."""
-        pred = self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed, calibrate=calibrate)
+        cells are compared on, so the sampling noise of counts enters as it does in real cells). ``n_per_cell``
+        None: enough for about 4000 predicted cells (at least 4 per source cell), so that the Monte Carlo noise of
+        the count draws stays small beside the observed mean's."""
+        if n_per_cell is None:
+            n_per_cell = max(4, -(-4000 // max(source.n_obs, 1)))
+        pred = self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed, calibrate=calibrate,
+                            noise=noise)
         return normalize_log1p(pred.X).mean(axis=0)
 
     def _saved_state(self):
@@ -365,6 +426,19 @@ class PerturbationModel(SavedModel):
             FileNotFoundError: no model at ``path``. ValueError: another kind of model or damaged files.
         """
         return super().load(path)
+
+
+def _decode_transport(module, params, z0, log_lib0, z1, log_lib1, log_factor, x, key):
+    """Counts ``x`` (cells, genes) of cells decoded at ``(z0, log_lib0)`` carried to the decoded distribution at
+    ``(z1, log_lib1)`` by the Gamma-Poisson coupling (``PerturbationModel.predict``, ``noise="source"``); both
+    means multiplied by ``exp(log_factor)``. Returns the expected carried counts given ``x`` and one draw."""
+    out0 = vae_decode(module, params, z0, log_lib0, None)
+    out1 = vae_decode(module, params, z1, log_lib1, None)
+    mu0 = jnp.exp(out0["log_mu"] + log_factor)
+    mu1 = jnp.exp(out1["log_mu"] + log_factor)
+    theta = jnp.exp(out0["log_theta"]) if "log_theta" in out0 else None
+    counts, expected = carry_counts(key, x, mu0, mu1, theta)
+    return expected, counts
 
 
 def _decode_mean_sample(module, params, z, log_lib, log_factor, key):

@@ -30,6 +30,12 @@ Two estimators of ``delta``:
     combinations' residuals ``D(A+B, c) - delta(A, c) - delta(B, c)`` whose penalty is chosen by
     leave-one-combination-out error (``inf``, i.e. ``W = 0``, the additive model, is a candidate; fewer than
     three training combinations leave ``W = 0``).
+  - or, pooled member effects (the latent analogue of PerturBench's linear model, and of CPA's embeddings learned
+    from every condition): ``delta(A+B, c) = e_A + e_B`` with effects fitted to every condition measured at ``c``
+    (singles and combinations) by ``min sum_P |D(P, c) - sum_{m in P} e_m|^2 + lambda sum_m |e_m - delta(m, c)|^2``,
+    so that combinations sharing a member tell how it acts in combination (e.g. sub-additively). ``lambda`` comes
+    from the same leave-one-combination-out error (``inf`` is the additive model again); the family with the lower
+    error (ridge interaction or pooled effects) is used, ties keep the additive model.
 
 Conditions measured in training are predicted by their own shift ``D(P, c)`` under either estimator.
 """
@@ -51,6 +57,7 @@ ResponseMethod = Literal["compositional", "scgen"]
 
 _BANDWIDTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 _RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, math.inf)
+_POOLING_GRID = (0.0, 0.1, 0.3, 1.0, 3.0, math.inf)
 _RELIABILITY = 10.0  # cells at which a condition's centroid counts half
 
 
@@ -67,7 +74,8 @@ class LatentResponse:
         conditions: ``[(perturbation, covariate index)]`` of the perturbed training conditions.
         means: float64 ``(len(conditions), dim)`` their centroids ``m(P, c)``; counts: their cell numbers.
         bandwidth: the kernel bandwidth ``h`` (``inf``: plain average); ridge: the interaction penalty
-            (``inf``: none); interaction: float64 ``(2 dim, dim)`` ridge coefficients ``W``.
+            (``inf``: none); interaction: float64 ``(2 dim, dim)`` ridge coefficients ``W``; pooling: the penalty
+            ``lambda`` of pooled member effects (``inf``: the members' own shifts).
     """
 
     spec: PerturbationSpec
@@ -81,6 +89,7 @@ class LatentResponse:
     bandwidth: float = math.inf
     ridge: float = math.inf
     interaction: np.ndarray | None = None
+    pooling: float = math.inf
 
     @classmethod
     def fit(cls, r: np.ndarray, labels: np.ndarray, covariates: np.ndarray, spec: PerturbationSpec,
@@ -124,7 +133,7 @@ class LatentResponse:
                    np.asarray(means, np.float64).reshape(-1, dim), np.asarray(counts, np.int64))
         if method == "compositional":
             self.bandwidth = self._choose_bandwidth()
-            self.ridge, self.interaction = self._fit_interaction()
+            self.ridge, self.interaction, self.pooling = self._fit_combinations()
         return self
 
     @property
@@ -235,11 +244,8 @@ class LatentResponse:
             return np.zeros((phi.shape[1], y.shape[1]))
         return np.linalg.solve(phi.T @ phi + lam * np.eye(phi.shape[1]), phi.T @ y)
 
-    def _fit_interaction(self) -> tuple[float, np.ndarray]:
-        """Leave-one-combination-out choice of the ridge penalty, then ``W`` on all training combinations."""
-        phi, y = self._interaction_data()
-        if len(phi) < 3:
-            return math.inf, np.zeros((2 * self.dim, self.dim))
+    def _fit_interaction(self, phi: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Leave-one-combination-out choice of the ridge penalty: ``(penalty, its error)``."""
         best, best_err = math.inf, math.inf
         for lam in sorted(_RIDGE_GRID, key=lambda v: -v):  # from the strongest penalty: ties keep the simplest
             err = 0.0
@@ -248,7 +254,84 @@ class LatentResponse:
                 err += float(((y[k] - phi[k] @ self._ridge(phi[keep], y[keep], lam)) ** 2).sum())
             if err < best_err:
                 best, best_err = lam, err
-        return best, self._ridge(phi, y, best)
+        return best, best_err
+
+    def _combination_cases(self) -> list[tuple[int, tuple[str, ...], int]]:
+        """``(condition index, members, covariate index)`` of the training combinations whose members were all
+        measured alone (at their covariate value or carried from another)."""
+        cases = []
+        for i, (p, c) in enumerate(self.conditions):
+            members = self.spec.members(p)
+            if len(members) < 2:
+                continue
+            try:
+                for m in members:
+                    self._member_shift(m, c, self.bandwidth)
+            except UnknownPerturbationError:
+                continue
+            cases.append((i, members, c))
+        return cases
+
+    def _pooled_effects(self, c: int, lam: float, exclude: int | None = None) -> dict[str, np.ndarray]:
+        """Member effects at covariate ``c`` pooled over the conditions measured there (module docstring), the
+        condition ``exclude`` left out; members that cannot be composed are left out."""
+        rows, members = [], set()
+        for i, (p, cc) in enumerate(self.conditions):
+            if cc != c or i == exclude:
+                continue
+            ms = self.spec.members(p)
+            try:
+                for m in ms:
+                    self._member_shift(m, c, self.bandwidth)
+            except UnknownPerturbationError:
+                continue
+            rows.append((i, ms))
+            members.update(ms)
+        names = sorted(members)
+        prior = np.stack([self._member_shift(m, c, self.bandwidth) for m in names]) if names else None
+        if not names or math.isinf(lam):
+            return dict(zip(names, prior, strict=True)) if names else {}
+        col = {m: j for j, m in enumerate(names)}
+        X = np.zeros((len(rows), len(names)))
+        for r, (_, ms) in enumerate(rows):
+            X[r, [col[m] for m in ms]] = 1.0
+        Y = np.stack([self.means[i] - self.basal[c] for i, _ in rows])
+        reg = max(lam, 1e-6)  # a member seen only inside combinations at c keeps a defined effect
+        E = np.linalg.solve(X.T @ X + reg * np.eye(len(names)), X.T @ Y + reg * prior)
+        return dict(zip(names, E, strict=True))
+
+    def _fit_pooling(self, cases) -> tuple[float, float]:
+        """Leave-one-combination-out choice of the pooling penalty: ``(penalty, its error)``."""
+        best, best_err = math.inf, math.inf
+        for lam in sorted(_POOLING_GRID, key=lambda v: -v):  # from inf (the additive model): ties keep it
+            err = 0.0
+            for i, members, c in cases:
+                effects = self._pooled_effects(c, lam, exclude=i)
+                if any(m not in effects for m in members):
+                    effects = {m: self._member_shift(m, c, self.bandwidth) for m in members}
+                pred = np.sum([effects[m] for m in members], axis=0)
+                err += float(((self.means[i] - self.basal[c] - pred) ** 2).sum())
+            if err < best_err:
+                best, best_err = lam, err
+        return best, best_err
+
+    def _fit_combinations(self) -> tuple[float, np.ndarray, float]:
+        """``(ridge, W, pooling)``: the ridge interaction or the pooled member effects, whichever predicted the
+        held-out training combinations better (neither when the additive model did as well)."""
+        none = (math.inf, np.zeros((2 * self.dim, self.dim)), math.inf)
+        cases = self._combination_cases()
+        if len(cases) < 2:
+            return none
+        pooling, pooled_err = self._fit_pooling(cases)
+        ridge, ridge_err = math.inf, math.inf
+        phi, y = self._interaction_data()
+        if len(phi) >= 3:
+            ridge, ridge_err = self._fit_interaction(phi, y)
+        if math.isinf(pooling) and math.isinf(ridge):
+            return none
+        if not math.isinf(pooling) and (pooled_err <= ridge_err or math.isinf(ridge)):
+            return math.inf, none[1], pooling
+        return ridge, self._ridge(phi, y, ridge), math.inf
 
     def shift(self, perturbation: str, covariates: tuple[str, ...] = ()) -> tuple[np.ndarray, str]:
         """The predicted shift ``delta(P, c)`` (float64 ``(dim,)``) of ``perturbation`` at the covariate values
@@ -278,6 +361,10 @@ class LatentResponse:
         if unseen:
             raise UnknownPerturbationError(f"perturbation {p!r}: member {unseen[0]!r} was never measured alone in "
                                            "training")
+        if self.method == "compositional" and not math.isinf(self.pooling):
+            effects = self._pooled_effects(c, self.pooling)
+            if all(m in effects for m in members):
+                return np.sum([effects[m] for m in members], axis=0), "composed"
         shifts = [self._member_shift(m, c, bandwidth) for m in members]
         total = np.sum(shifts, axis=0)
         if self.method == "compositional" and self.interaction is not None:
@@ -291,7 +378,8 @@ class LatentResponse:
                 "conditions": [[p, c] for p, c in self.conditions], "means": self.means.tolist(),
                 "counts": self.counts.tolist(), "bandwidth": _finite_or_none(self.bandwidth),
                 "ridge": _finite_or_none(self.ridge),
-                "interaction": None if self.interaction is None else self.interaction.tolist()}
+                "interaction": None if self.interaction is None else self.interaction.tolist(),
+                "pooling": _finite_or_none(self.pooling)}
 
     @classmethod
     def from_dict(cls, d: dict) -> LatentResponse:
@@ -303,7 +391,8 @@ class LatentResponse:
                    np.asarray(d["counts"], np.int64),
                    math.inf if d["bandwidth"] is None else float(d["bandwidth"]),
                    math.inf if d["ridge"] is None else float(d["ridge"]),
-                   None if d["interaction"] is None else np.asarray(d["interaction"], np.float64))
+                   None if d["interaction"] is None else np.asarray(d["interaction"], np.float64),
+                   math.inf if d.get("pooling") is None else float(d["pooling"]))
 
 
 def _finite_or_none(x: float) -> float | None:
