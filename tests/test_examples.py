@@ -26,6 +26,7 @@ FIGURES = {
                                   "training.png"],
     "flow_matching": ["guidance.png", "evaluation_panel.png", "latent_pca.png", "training.png"],
     "data_parallel": ["training.png"],
+    "perturbation": ["logfc.png", "energy.png", "interaction.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,7 +84,7 @@ def _check_outputs(out: Path, name: str, returned: dict | None = None) -> dict:
 
 
 @pytest.mark.parametrize("name", ["sde_basics", "likelihoods", "pbmc3k_cvae_nb", "gene_expression_diffusion",
-                                  "flow_matching", "data_parallel"])
+                                  "flow_matching", "data_parallel", "perturbation"])
 def test_example_smoke(name, tmp_path, fast_compile, capsys):
     module = _load(name)
     out = tmp_path / name
@@ -93,6 +94,12 @@ def test_example_smoke(name, tmp_path, fast_compile, capsys):
     summary = _check_outputs(out, name, returned)
     if name == "data_parallel":  # two processes reproduce one process with two devices
         assert summary["max_param_diff_processes_vs_devices"] < 1e-4
+    if name == "perturbation":  # the model and the baselines it is measured against, in the same table
+        for part in ("heldout_type", "doubles"):
+            methods = summary[part]["methods"]
+            assert {"genjax compositional", "genjax scgen", "baseline no_change"} <= set(methods), methods
+        assert "baseline additive" in summary["doubles"]["methods"]
+        assert "baseline mean_delta" in summary["heldout_type"]["methods"]
 
 
 def test_smoke_config_is_tiny_and_flags_override():
