@@ -313,20 +313,26 @@ class PerturbationModel(SavedModel):
                    log_factor: np.ndarray | None):
         """Expected and carried counts (float32 ``(cells, genes)``) of the source counts ``X[rows]`` moved from
         the decoded distribution at ``r0`` (latent + log library per row) to that at ``r1``."""
-        vae = self.vae
-        f = cached_jit(vae.module, "decode-transport", functools.partial(_decode_transport, vae.module))
-        key = jax.random.key(seed)
-        means, draws = [], []
-        for i, start in enumerate(range(0, len(r1), batch_size)):
-            sl = slice(start, start + batch_size)
+        def args(sl):
             x = X[rows[sl]]
             x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32)
-            lf = (jnp.zeros_like(x) if log_factor is None else jnp.asarray(log_factor[sl]))
-            m, c = f(vae.params, jnp.asarray(r0[sl, :-1]), jnp.asarray(r0[sl, -1]), jnp.asarray(r1[sl, :-1]),
-                     jnp.asarray(r1[sl, -1]), lf, jnp.asarray(x), jax.random.fold_in(key, i))
-            means.append(np.asarray(m))
-            draws.append(np.asarray(c))
-        return np.concatenate(means).astype(np.float32), np.concatenate(draws).astype(np.float32)
+            lf = jnp.zeros_like(x) if log_factor is None else jnp.asarray(log_factor[sl])
+            return (jnp.asarray(r0[sl, :-1]), jnp.asarray(r0[sl, -1]), jnp.asarray(r1[sl, :-1]),
+                    jnp.asarray(r1[sl, -1]), lf, jnp.asarray(x))
+
+        return self._batched("decode-transport", _decode_transport, len(r1), batch_size, seed, args)
+
+    def _batched(self, name: str, fn, n: int, batch_size: int, seed: int, args):
+        """Run the jitted ``fn(module, params, *args(rows), key)`` -> two ``(rows, genes)`` arrays over ``n``
+        rows in batches; the concatenated float32 pair."""
+        f = cached_jit(self.vae.module, name, functools.partial(fn, self.vae.module))
+        key = jax.random.key(seed)
+        first, second = [], []
+        for i, start in enumerate(range(0, n, batch_size)):
+            a, b = f(self.vae.params, *args(slice(start, start + batch_size)), jax.random.fold_in(key, i))
+            first.append(np.asarray(a))
+            second.append(np.asarray(b))
+        return np.concatenate(first).astype(np.float32), np.concatenate(second).astype(np.float32)
 
     def _library_shift(self, perturbation: str, covariates: tuple[str, ...]) -> float:
         """The condition's predicted log-library shift (0 when the shift estimator cannot make one: the flow
@@ -352,18 +358,12 @@ class PerturbationModel(SavedModel):
                 log_factor: np.ndarray | None = None):
         """Expected counts and one draw (each float32 ``(cells, genes)``) at latents ``z`` and log libraries, the
         means multiplied by ``exp(log_factor)`` (cells, genes) when given."""
-        vae = self.vae
-        f = cached_jit(vae.module, "decode-mean-sample", functools.partial(_decode_mean_sample, vae.module))
-        key = jax.random.key(seed)
-        means, draws = [], []
-        for i, start in enumerate(range(0, len(z), batch_size)):
-            sl = slice(start, start + batch_size)
+        def args(sl):
             lf = (jnp.zeros((len(z[sl]), len(self.var_names)), jnp.float32) if log_factor is None
                   else jnp.asarray(log_factor[sl]))
-            m, x = f(vae.params, jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), lf, jax.random.fold_in(key, i))
-            means.append(np.asarray(m))
-            draws.append(np.asarray(x))
-        return np.concatenate(means).astype(np.float32), np.concatenate(draws).astype(np.float32)
+            return jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), lf
+
+        return self._batched("decode-mean-sample", _decode_mean_sample, len(z), batch_size, seed, args)
 
     def predict_cells(self, source, perturbation: str, *, seed: int = 0, calibrate: bool = True,
                       n_per_cell: int = 1, noise: PredictionNoise | None = None) -> np.ndarray:
