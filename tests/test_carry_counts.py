@@ -66,3 +66,13 @@ def test_expectation_given_the_source_counts():
             np.testing.assert_allclose(expected[:, 0], np.array([0.0, 3.0, 40.0]) + 1.5 * lam, rtol=1e-5)
         se = carried.std(1) / np.sqrt(N) + 1e-6
         assert np.all(np.abs(carried.mean(1) - expected[:, 0]) < 5 * se), (carried.mean(1), expected[:, 0])
+
+
+def test_bad_arguments_are_named():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="carry_counts.*x"):
+        carry_counts(key, jnp.array([1.0, 2.5]), 1.0, 2.0, 1.0)
+    with pytest.raises(ValueError, match="carry_counts.*mu0"):
+        carry_counts(key, jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0]), 2.0)
+    with pytest.raises(ValueError, match="carry_counts.*theta"):
+        carry_counts(key, jnp.array([1.0, 2.0]), 1.0, 2.0, jnp.array([1.0, np.nan]))

@@ -207,6 +207,13 @@ def test_source_noise_carries_the_source_counts(fitted):
     assert np.median(np.abs(np.log(ratio))) < 0.15, ratio
     with pytest.raises(ValueError, match="noise must be one of"):
         pm.predict(src, "A", noise="gaussian")
+    # the same cells with their genes in another order: the same prediction, in the model's gene order
+    shuffled = src[:, np.random.default_rng(0).permutation(src.n_vars)].copy()
+    again = pm.predict(shuffled, "A", n_per_cell=40, seed=2)
+    assert list(again.var_names) == list(src.var_names)
+    np.testing.assert_array_equal(again.X, moved.X)
+    with pytest.raises(ValueError, match="training gene"):
+        pm.predict(src[:, 1:].copy(), "A")
 
 
 def test_predict_names_bad_sources_and_unknown_perturbations(fitted):
@@ -310,6 +317,10 @@ def test_evaluate_predicted_perturbations_matches_the_array_path_and_names_bad_i
         genjax.metrics.evaluate_predicted_perturbations(real, noisy[:, ::-1].copy(), spec)
     with pytest.raises(ValueError, match="unknown baseline 'mean'"):
         genjax.metrics.evaluate_predicted_perturbations(real, noisy, spec, baselines=["mean"])
+    negative = noisy.copy()
+    negative.X[0, 3] = -1.0
+    with pytest.raises(ValueError, match=r"predicted counts must be non-negative; found -1.0 at cell 'c\d+'"):
+        genjax.metrics.evaluate_predicted_perturbations(real, negative, spec)
     with pytest.raises(KeyError, match="covariate key 'cell_type'"):
         genjax.metrics.evaluate_predicted_perturbations(real, ad.AnnData(noisy.X, obs=noisy.obs[["condition"]],
                                                                          var=noisy.var), spec)

@@ -26,9 +26,12 @@ from ._condition import Condition as Condition
 from ._condition import check_condition as check_condition
 from ._hvg import highly_variable_genes as highly_variable_genes
 from ._hvg import loess_fit as loess_fit
+from ._matrix import dense as dense
 from ._matrix import get_matrix as get_matrix
 from ._matrix import normalize_log1p as normalize_log1p
+from ._matrix import row_chunks as row_chunks
 from ._matrix import row_sums as row_sums
+from ._matrix import take_rows as take_rows
 from ._matrix import validate_counts as validate_counts
 from ._perturbation import PerturbationSpec as PerturbationSpec
 from ._perturbation import UnknownPerturbationError as UnknownPerturbationError

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data import PerturbationSpec, UnknownPerturbationError, normalize_log1p
+from ..data import PerturbationSpec, UnknownPerturbationError, normalize_log1p, take_rows, validate_counts
 from ..models import BASELINES
 from ._perturbation import evaluate_perturbations
 
@@ -78,8 +78,8 @@ def evaluate_predicted_perturbations(
         named ``"baseline <name>"``.
 
     Raises:
-        KeyError: a missing obs column or layer (named). ValueError: genes that differ (the first differing gene
-        named), a predicted condition with fewer than 2 real cells or no real control with its covariates
+        KeyError: a missing obs column or layer (named). ValueError: counts that are negative, non-integer or not
+        finite (cell and gene named), genes that differ (the first differing gene named), a predicted condition with fewer than 2 real cells or no real control with its covariates
         (named), an unknown baseline name, no predicted cells.
     """
     methods = dict(predicted) if isinstance(predicted, Mapping) else {"model": predicted}
@@ -99,6 +99,11 @@ def evaluate_predicted_perturbations(
             raise ValueError(f"{what} genes differ from real's (position {diff})")
         spec.check_keys(a)
     spec.check_keys(real)
+    hint = "pass raw counts (e.g. --layer counts), not log-normalised values"
+    for what, a, lay in [("real", real, layer), *[(w, a, predicted_layer if w.startswith("predicted") else layer)
+                                                   for w, a in others.items()]]:
+        validate_counts(_matrix(a, lay, what), obs_names=a.obs_names, var_names=a.var_names, allow_empty=True,
+                        what=what, hint=hint)
 
     real_labels = spec.labels(real)
     real_cov = spec.covariates(real)
@@ -132,12 +137,12 @@ def evaluate_predicted_perturbations(
                 if len(ctrl_rows) < 2:
                     raise ValueError(f"condition {cond!r}: real has {len(ctrl_rows)} control cells "
                                      f"({spec.control!r}) with {_cov_text(spec, c)}; at least 2 are needed")
-                observed[cond] = normalize_log1p(real_x[obs_rows], target_sum)
-                controls[cond] = normalize_log1p(real_x[ctrl_rows], target_sum)
+                observed[cond] = normalize_log1p(take_rows(real_x, obs_rows), target_sum)
+                controls[cond] = normalize_log1p(take_rows(real_x, ctrl_rows), target_sum)
                 sources[cond] = (p, real[ctrl_rows])
                 groups[cond] = " | ".join(c)
             rows = np.flatnonzero(codes == code)
-            preds.setdefault(method, {})[cond] = normalize_log1p(x[rows], target_sum)
+            preds.setdefault(method, {})[cond] = normalize_log1p(take_rows(x, rows), target_sum)
 
     additive = {}
     baseline_preds: dict[str, dict[str, np.ndarray]] = {}

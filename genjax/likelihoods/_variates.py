@@ -280,7 +280,7 @@ def _sample_zinb_kernel(key, mu, theta, zi_logits, shape):
 
 
 def carry_counts(key: PRNGKeyArray, x: ArrayLike, mu0: ArrayLike, mu1: ArrayLike,
-                 theta: ArrayLike | None = None) -> tuple[Array, Array]:
+                 theta: ArrayLike | None = None, *, validate_args: bool = True) -> tuple[Array, Array]:
     """Carry counts ``x`` drawn from ``NB(mu0, theta)`` (Poisson when ``theta`` is None) to ``NB(mu1, theta)``
     by the Gamma-Poisson coupling, elementwise; the counts move only as far as the change of mean requires.
 
@@ -296,11 +296,20 @@ def carry_counts(key: PRNGKeyArray, x: ArrayLike, mu0: ArrayLike, mu1: ArrayLike
         x: non-negative integer counts (as floats), any shape.
         mu0, mu1: means ``> 0``, broadcasting to ``x``'s shape.
         theta: NB inverse dispersion ``> 0`` broadcasting to ``x``, or None for Poisson.
+        validate_args: check concrete arguments on the host (default).
 
     Returns:
         ``(counts, expected)``: the carried counts and their expectation given ``x`` (``r x`` where ``r <= 1``,
         ``x + (r - 1) E[lam | x]`` above), float arrays in ``x``'s shape.
+
+    Raises:
+        ValueError: for concrete ``x`` that are not non-negative integers, ``mu0 <= 0``, ``mu1 <= 0`` or
+            ``theta <= 0`` (or non-finite), naming the value and its index.
     """
+    named = {"x": (x, "counts"), "mu0": (mu0, "positive"), "mu1": (mu1, "positive")}
+    if theta is not None:
+        named["theta"] = (theta, "positive")
+    validate_args_if(validate_args, "carry_counts", **named)
     x = jnp.asarray(x)
     dtype = jnp.result_type(x, mu0, mu1, jnp.float32)
     x = x.astype(dtype)

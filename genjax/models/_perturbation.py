@@ -13,9 +13,10 @@ Typical use::
 How: a count VAE (NB / ZINB / Poisson decoder, :class:`genjax.VAE`) is trained on every training cell without
 being told the perturbation, so its latent space carries the perturbation effects; the response of a condition
 is a shift of the latent (:class:`LatentResponse`: measured, carried over covariate values by basal-state
-similarity, composed over the members of a combination with a cross-validated interaction term); a source
-control cell is encoded, shifted, decoded with its own library size (moved by the condition's library shift)
-and a cell is drawn from the decoder's count distribution.
+similarity, composed over the members of a combination with a cross-validated interaction term or pooled
+member effects); a source control cell is encoded, shifted and decoded with its own library size (moved by the
+condition's library shift), and its own counts are carried to the decoded perturbed distribution
+(:func:`genjax.likelihoods.carry_counts`; or a fresh draw from the decoder with ``noise="model"``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ import numpy as np
 
 from .._checks import check_choice, check_int
 from .._typing import PredictionNoise
-from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, normalize_log1p, row_sums
+from ..data import (
+    PerturbationSpec,
+    UnknownPerturbationError,
+    dense,
+    get_matrix,
+    normalize_log1p,
+    row_sums,
+    take_rows,
+)
 from ..likelihoods import carry_counts
 from ..training import tree_digest
 from ..vae import observation_model, vae_decode, vae_sample_counts
@@ -231,7 +240,8 @@ class PerturbationModel(SavedModel):
         * ``"model"``: a fresh draw from the decoder's count distribution at ``mu1``.
 
         Arguments:
-            source: AnnData of control cells (raw counts, the training genes), with the covariate columns.
+            source: AnnData of control cells (raw counts, the training genes in any order), with the covariate
+                columns.
             perturbation: a label (a combination joined by the delimiter, members in any order).
             n_per_cell: predicted cells per source cell.
             seed: seed of the draws.
@@ -261,6 +271,8 @@ class PerturbationModel(SavedModel):
         self._require_fitted()
         n_per_cell = check_int("n_per_cell", n_per_cell)
         noise = self._noise(noise)
+        if self.vae.registry.gene_order(source) is not None:  # same genes in another order: the model's order
+            source = source[:, self.var_names]
         cov_idx = self._check_source(source)
         canonical = self.spec.canonical(perturbation)
         r_source = self._latent_with_library(source)
@@ -314,8 +326,7 @@ class PerturbationModel(SavedModel):
         """Expected and carried counts (float32 ``(cells, genes)``) of the source counts ``X[rows]`` moved from
         the decoded distribution at ``r0`` (latent + log library per row) to that at ``r1``."""
         def args(sl):
-            x = X[rows[sl]]
-            x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32)
+            x = dense(take_rows(X, rows[sl]))
             lf = jnp.zeros_like(x) if log_factor is None else jnp.asarray(log_factor[sl])
             return (jnp.asarray(r0[sl, :-1]), jnp.asarray(r0[sl, -1]), jnp.asarray(r1[sl, :-1]),
                     jnp.asarray(r1[sl, -1]), lf, jnp.asarray(x))
@@ -350,7 +361,7 @@ class PerturbationModel(SavedModel):
         out = np.zeros((len(self.response.covariates), mean.shape[1]), np.float32)
         for c in np.unique(cov_idx):
             rows = np.flatnonzero(cov_idx == c)
-            observed = np.asarray(X[rows].sum(axis=0), np.float64).ravel()
+            observed = np.asarray(take_rows(X, rows).sum(axis=0), np.float64).ravel()
             out[c] = np.log((observed + 1.0) / (mean[rows].sum(axis=0, dtype=np.float64) + 1.0))
         return out
 

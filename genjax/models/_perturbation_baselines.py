@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._checks import check_range
-from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, normalize_log1p
+from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, normalize_log1p, row_chunks
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -72,9 +72,8 @@ def _log1p_chunks(adata, layer: str | None, target_sum: float):
     """``(start, block)``: log1p(CP``target_sum``) of consecutive rows of ``adata``'s matrix, as float32 numpy
     arrays of at most ~4M values (a sparse or backed matrix is never densified whole)."""
     X = get_matrix(adata, layer)
-    rows = max(1, _CHUNK_VALUES // max(1, X.shape[1]))
-    for start in range(0, X.shape[0], rows):
-        yield start, normalize_log1p(X[start:start + rows], target_sum)
+    for start, block in row_chunks(X, chunk=max(1, _CHUNK_VALUES // max(1, X.shape[1]))):
+        yield start, normalize_log1p(block, target_sum)
 
 
 def _group_sums(adata, groups: np.ndarray, n_groups: int, layer, target_sum) -> np.ndarray:
