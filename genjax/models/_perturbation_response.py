@@ -223,9 +223,10 @@ class LatentResponse:
         pairs = [a * b for a, b in itertools.combinations(member_shifts, 2)]
         return np.concatenate([total, np.sum(pairs, axis=0) if pairs else np.zeros_like(total)])
 
-    def _interaction_data(self):
-        """Features and residuals of the training combinations whose members were all measured alone."""
-        phis, residuals = [], []
+    def _interaction_data(self, with_rows: bool = False):
+        """Features and residuals of the training combinations whose members were all measured alone (and their
+        condition indices)."""
+        phis, residuals, rows = [], [], []
         for i, (p, c) in enumerate(self.conditions):
             members = self.spec.members(p)
             if len(members) < 2:
@@ -236,7 +237,9 @@ class LatentResponse:
                 continue
             phis.append(self._features(shifts))
             residuals.append(self.means[i] - self.basal[c] - np.sum(shifts, axis=0))
-        return np.asarray(phis).reshape(-1, 2 * self.dim), np.asarray(residuals).reshape(-1, self.dim)
+            rows.append(i)
+        out = np.asarray(phis).reshape(-1, 2 * self.dim), np.asarray(residuals).reshape(-1, self.dim)
+        return (*out, np.asarray(rows, np.int64)) if with_rows else out
 
     @staticmethod
     def _ridge(phi: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
@@ -369,6 +372,36 @@ class LatentResponse:
         total = np.sum(shifts, axis=0)
         if self.method == "compositional" and self.interaction is not None:
             total = total + self._features(shifts) @ self.interaction
+        return total, "composed"
+
+    def left_out_shift(self, perturbation: str, c: int) -> tuple[np.ndarray | None, str]:
+        """The shift of the *training* condition ``(perturbation, c)`` predicted without its own cells, and the
+        rule that predicts it: carried from the other covariate values (``"carried"``), else composed from its
+        members (``"composed"``; the pooled effects or the interaction refitted without it), else
+        ``(None, "")``. The cases the baseline offset's weights are chosen on."""
+        bandwidth = math.inf if self.method == "scgen" else self.bandwidth
+        carried = self._carried(perturbation, c, bandwidth, exclude=c)
+        if carried is not None:
+            return carried, "carried"
+        members = self.spec.members(perturbation)
+        if len(members) < 2:
+            return None, ""
+        try:
+            shifts = [self._member_shift(m, c, bandwidth) for m in members]
+        except UnknownPerturbationError:
+            return None, ""
+        if self.method == "scgen":
+            return np.sum(shifts, axis=0), "composed"
+        i = self._observed()[(perturbation, c)]
+        if not math.isinf(self.pooling):
+            effects = self._pooled_effects(c, self.pooling, exclude=i)
+            if all(m in effects for m in members):
+                return np.sum([effects[m] for m in members], axis=0), "composed"
+        total = np.sum(shifts, axis=0)
+        if not math.isinf(self.ridge):
+            phi, y, rows = self._interaction_data(with_rows=True)
+            keep = rows != i
+            total = total + self._features(shifts) @ self._ridge(phi[keep], y[keep], self.ridge)
         return total, "composed"
 
     def to_dict(self) -> dict:
