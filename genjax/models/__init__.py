@@ -8,7 +8,8 @@
 * :class:`LatentGenerator` (``_latent_generator.py``): a VAE plus a conditional diffusion or flow prior on its
   latents;
 * :class:`PerturbationModel` (``_perturbation.py``): cells under perturbations never measured, from a count VAE and
-  a latent response model (:class:`LatentResponse`, ``_perturbation_response.py``);
+  a latent response model (:class:`LatentResponse`, ``_perturbation_response.py``) and the task baseline as its
+  offset (:class:`BaselineOffset`, :func:`match_log1p_mean`, ``_perturbation_offset.py``);
 * perturbation baselines (``_perturbation_baselines.py``): :class:`PerturbationBaseline` and the references of
   every table (no change, control / non-control / matching mean, additive, mean delta, linear), by name in
   :data:`BASELINES`.
@@ -37,6 +38,9 @@ from ._perturbation_baselines import NoChange as NoChange
 from ._perturbation_baselines import NonControlMean as NonControlMean
 from ._perturbation_baselines import PerturbationBaseline as PerturbationBaseline
 from ._perturbation_flow import LatentFlowResponse as LatentFlowResponse
+from ._perturbation_offset import BaselineOffset as BaselineOffset
+from ._perturbation_offset import match_log1p_mean as match_log1p_mean
+from ._perturbation_offset import poisson_quantile as poisson_quantile
 from ._perturbation_response import LatentResponse as LatentResponse
 from ._vae import VAE as VAE
 from ._vae import VAEFunctions as VAEFunctions

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_range
 from .._typing import PredictionNoise
 from ..data import (
     PerturbationSpec,
@@ -44,7 +44,9 @@ from ..likelihoods import carry_counts
 from ..training import tree_digest
 from ..vae import observation_model, vae_decode, vae_sample_counts
 from ._base import SavedModel, cached_jit
+from ._perturbation_baselines import NoChange
 from ._perturbation_flow import LatentFlowResponse
+from ._perturbation_offset import OFFSET_RULES, BaselineOffset, match_log1p_mean, mean_log1p
 from ._perturbation_response import LatentResponse
 from ._vae import VAE
 
@@ -104,6 +106,7 @@ class PerturbationModel(SavedModel):
         self.vae = VAE(adata, likelihood=likelihood, layer=layer, seed=seed, **vae_kwargs)
         self.adata = adata
         self.response: LatentResponse | None = None
+        self.offset: BaselineOffset | None = None
         self.flow: LatentFlowResponse | None = None
         self.history: dict[str, list] = {}
 
@@ -150,6 +153,7 @@ class PerturbationModel(SavedModel):
         labels, covariates = self.spec.labels(self.adata), self.spec.covariates(self.adata)
         method = "scgen" if self.options["method"] == "scgen" else "compositional"
         self.response = LatentResponse.fit(r, labels, covariates, self.spec, method)
+        self.offset = self._fit_offset(r, seed) if self.options["method"] == "compositional" else None
         if self.options["method"] == "flow":
             self.flow = LatentFlowResponse.fit(
                 r[:, :-1], labels, covariates, self.spec, seed=seed, progress=progress,
@@ -173,9 +177,39 @@ class PerturbationModel(SavedModel):
         other.__dict__.update(self.__dict__)
         other.options = {**self.options, "method": method}
         other.flow = None
-        other.response = LatentResponse.fit(self._latent_with_library(self.adata), self.spec.labels(self.adata),
-                                            self.spec.covariates(self.adata), self.spec, method)
+        r = self._latent_with_library(self.adata)
+        other.response = LatentResponse.fit(r, self.spec.labels(self.adata), self.spec.covariates(self.adata),
+                                            self.spec, method)
+        other.offset = other._fit_offset(r, self.options["seed"]) if method == "compositional" else None
         return other
+
+    def _fit_offset(self, r: np.ndarray, seed: int, max_source: int = 256, n_per_cell: int = 2) -> BaselineOffset:
+        """The training means behind the baseline offset and the weight of the model's correction per rule,
+        chosen on every training condition a rule can predict with its own cells left out: up to
+        ``max_source`` of its covariate value's training controls are moved by the left-out shift exactly as
+        :meth:`predict` moves source cells, and their mean log1p(CP10k) is set against the baseline's (module
+        :mod:`genjax.models._perturbation_offset`)."""
+        stats = NoChange(self.spec, layer=self.options["layer"]).fit(self.adata).stats
+        offset = BaselineOffset(self.spec, list(stats.keys), stats.means)
+        labels = self.spec.labels(self.adata)
+        covs = [tuple(str(v) for v in row) for row in self.spec.covariates(self.adata)]
+        rng = np.random.default_rng(seed)
+        cases: dict[str, list] = {rule: [] for rule in OFFSET_RULES}
+        for k, (p, c) in enumerate(self.response.conditions):
+            shift, rule = self.response.left_out_shift(p, c)
+            cov = self.response.covariates[c]
+            delta = None if shift is None else offset.baseline(p, cov, rule)
+            if delta is None:
+                continue
+            ctrl = np.flatnonzero((labels == self.spec.control) & np.array([v == cov for v in covs]))
+            ctrl = np.sort(rng.choice(ctrl, max_source, replace=False)) if len(ctrl) > max_source else ctrl
+            source = self.adata[ctrl]
+            model = mean_log1p(self._moved_cells(source, r[ctrl], np.full(len(ctrl), c), {c: shift}, n_per_cell,
+                                                 seed + k, True, self._noise(None), 1024)[1])
+            base = mean_log1p(get_matrix(source, self.options["layer"])) + delta
+            cases[rule].append((c, base, model, offset.observed(p, cov)))
+        offset.fit_weights(cases, self.response.basal[:, :-1])
+        return offset
 
     def _latent_with_library(self, adata) -> np.ndarray:
         """``(cells, n_latent + 1)`` posterior means with the log library size appended."""
@@ -221,7 +255,8 @@ class PerturbationModel(SavedModel):
         return self.response.shift(perturbation, tuple(str(covariates[k]) for k in self.spec.covariate_keys))
 
     def predict(self, source, perturbation: str, *, n_per_cell: int = 1, seed: int = 0, calibrate: bool = True,
-                noise: PredictionNoise | None = None, batch_size: int = 1024):
+                noise: PredictionNoise | None = None, batch_size: int = 1024,
+                correction_weight: float | None = None):
         """Predicted cells of ``perturbation`` from the control cells ``source``.
 
         Each source cell is encoded (posterior mean), shifted by the condition's predicted latent shift at the
@@ -239,6 +274,15 @@ class PerturbationModel(SavedModel):
           over instead of being redrawn.
         * ``"model"``: a fresh draw from the decoder's count distribution at ``mu1``.
 
+        Baseline offset (``method="compositional"``): for a condition the model carries over covariate values or
+        composes from members, the prediction is the task baseline corrected by the model, ``(1 - a) ŷ_base + a
+        ŷ_model`` per gene in mean log1p(CP10k) (``ŷ_base`` mean-delta for carried, additive for composed
+        conditions, from the source cells' mean; ``a`` per rule chosen on training conditions with their own cells
+        left out, weighted toward those of similar basal states where that predicted them better,
+        :attr:`offset`). The drawn counts are then moved gene by gene to that mean
+        (:func:`~genjax.models.match_log1p_mean`: thinning down, Poisson increments up). ``a = 1``: the model
+        alone; ``a = 0``: the baseline's mean profile, in cells.
+
         Arguments:
             source: AnnData of control cells (raw counts, the training genes in any order), with the covariate
                 columns.
@@ -253,15 +297,19 @@ class PerturbationModel(SavedModel):
                 source profile itself for a zero shift (the no-change baseline is its offset) and contributes
                 only the change, and a VAE's reconstruction error does not count as a response.
             batch_size: cells decoded per jitted call.
+            correction_weight: ``a`` in ``[0, 1]`` instead of the weight chosen in training (where the offset
+                applies).
 
         Returns:
             AnnData ``(n_source * n_per_cell, genes)``: ``X`` float32 counts, ``layers["mean"]`` their expected
             value (``mu1``; with ``"source"`` noise given the source counts, ``r x`` or ``x + (r - 1) E[lam]``),
             ``obs`` the source cell (``source_cell``), the perturbation, the covariates and ``library_size``;
-            ``uns["perturbation_rule"]`` how each covariate value's shift was made, ``uns["noise"]``.
+            ``uns["perturbation_rule"]`` how each covariate value's shift was made, ``uns["noise"]``,
+            ``uns["correction_weight"]`` the weight ``a`` per covariate value where the baseline offset applied.
 
         Raises:
-            RuntimeError: not fitted. ValueError: a source cell that is not a control, genes that do not match.
+            RuntimeError: not fitted. ValueError: a source cell that is not a control, genes that do not match, a
+                correction weight outside ``[0, 1]``.
             UnknownPerturbationError: a perturbation, combination member or covariate value never seen in
                 training (named).
         """
@@ -270,35 +318,49 @@ class PerturbationModel(SavedModel):
 
         self._require_fitted()
         n_per_cell = check_int("n_per_cell", n_per_cell)
+        if correction_weight is not None:
+            correction_weight = check_range("correction_weight", correction_weight, low=0.0, high=1.0)
         noise = self._noise(noise)
         if self.vae.registry.gene_order(source) is not None:  # same genes in another order: the model's order
             source = source[:, self.var_names]
         cov_idx = self._check_source(source)
         canonical = self.spec.canonical(perturbation)
         r_source = self._latent_with_library(source)
-        log_factor = self._calibration(source, r_source, cov_idx, batch_size) if calibrate else None
-        r = np.repeat(r_source, n_per_cell, axis=0)
-        cov_idx = np.repeat(cov_idx, n_per_cell)
-        moved, rules = np.empty_like(r), {}
-        for c in np.unique(cov_idx):
-            rows = np.flatnonzero(cov_idx == c)
-            covs = self.response.covariates[c]
-            name = " | ".join(covs) or "all"
-            if self.flow is None:
-                shift, rules[name] = self.response.shift(canonical, covs)
-                moved[rows] = r[rows] + shift
-            else:
-                z, rules[name] = self.flow.sample(canonical, covs, len(rows), seed + int(c))
-                moved[rows, :-1] = z
-                moved[rows, -1] = r[rows, -1] + self._library_shift(canonical, covs)
-        moved = moved.astype(np.float32)
-        factor = None if log_factor is None else log_factor[cov_idx]
-        rows = np.repeat(np.arange(source.n_obs), n_per_cell)
-        if noise == "model":
-            mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size, factor)
+        groups = {int(c): self.response.covariates[c] for c in np.unique(cov_idx)}
+        names = {c: " | ".join(covs) or "all" for c, covs in groups.items()}
+        rules, weights = {}, {}
+        if self.flow is None:
+            shifts = {}
+            for c, covs in groups.items():
+                shifts[c], rules[names[c]] = self.response.shift(canonical, covs)
+            mean, counts, moved = self._moved_cells(source, r_source, cov_idx, shifts, n_per_cell, seed, calibrate,
+                                                    noise, batch_size)
         else:
-            mean, counts = self._transport(r.astype(np.float32), moved, get_matrix(source, self.options["layer"]),
-                                           rows, seed, batch_size, factor)
+            def move(r, rows_cov):
+                moved = np.empty_like(r)
+                for c, covs in groups.items():
+                    rows = np.flatnonzero(rows_cov == c)
+                    z, rules[names[c]] = self.flow.sample(canonical, covs, len(rows), seed + c)
+                    moved[rows, :-1] = z
+                    moved[rows, -1] = r[rows, -1] + self._library_shift(canonical, covs)
+                return moved
+
+            mean, counts, moved = self._moved_cells(source, r_source, cov_idx, move, n_per_cell, seed, calibrate,
+                                                    noise, batch_size)
+        rows = np.repeat(np.arange(source.n_obs), n_per_cell)
+        for c, covs in groups.items():  # the baseline as offset of what the model carries or composes
+            delta = None if self.offset is None else self.offset.baseline(canonical, covs, rules[names[c]])
+            if delta is None:
+                continue
+            a = (self.offset.weight(rules[names[c]], c, self.response.basal[:, :-1]) if correction_weight is None
+                 else correction_weight)
+            weights[names[c]] = a
+            if a < 1.0:
+                mine = cov_idx[rows] == c
+                target = ((1.0 - a) * (mean_log1p(take_rows(get_matrix(source, self.options["layer"]),
+                                                            np.flatnonzero(cov_idx == c))) + delta)
+                          + a * mean_log1p(counts[mine]))
+                counts[mine], mean[mine] = match_log1p_mean(counts[mine], mean[mine], target, seed=seed + c)
         obs = pd.DataFrame(index=pd.Index([f"pred-{i}" for i in range(len(rows))]))
         obs["source_cell"] = np.asarray(source.obs_names)[rows]
         obs[self.spec.key] = canonical
@@ -309,7 +371,32 @@ class PerturbationModel(SavedModel):
         out.layers["mean"] = mean
         out.uns["perturbation_rule"] = rules
         out.uns["noise"] = noise
+        out.uns["correction_weight"] = weights
         return out
+
+    def _moved_cells(self, source, r_source: np.ndarray, cov_idx: np.ndarray, move, n_per_cell: int, seed: int,
+                     calibrate: bool, noise: str, batch_size: int):
+        """Expected and drawn counts (float32 ``(n_source * n_per_cell, genes)``) of the source cells moved in
+        latent space, and the moved latents: ``move`` is ``{covariate index: shift}`` or a function of the
+        repeated ``(r, covariate index)`` returning the moved ``r``."""
+        log_factor = self._calibration(source, r_source, cov_idx, batch_size) if calibrate else None
+        r = np.repeat(r_source, n_per_cell, axis=0)
+        cov_rep = np.repeat(cov_idx, n_per_cell)
+        if callable(move):
+            moved = move(r, cov_rep)
+        else:
+            moved = r.copy()
+            for c, shift in move.items():
+                moved[cov_rep == c] += shift
+        moved = moved.astype(np.float32)
+        factor = None if log_factor is None else log_factor[cov_rep]
+        rows = np.repeat(np.arange(source.n_obs), n_per_cell)
+        if noise == "model":
+            mean, counts = self._decode(moved[:, :-1], moved[:, -1], seed, batch_size, factor)
+        else:
+            mean, counts = self._transport(r.astype(np.float32), moved, get_matrix(source, self.options["layer"]),
+                                           rows, seed, batch_size, factor)
+        return mean, counts, moved
 
     def _noise(self, noise) -> str:
         likelihood = self.vae.module.likelihood
@@ -327,22 +414,26 @@ class PerturbationModel(SavedModel):
         the decoded distribution at ``r0`` (latent + log library per row) to that at ``r1``."""
         def args(sl):
             x = dense(take_rows(X, rows[sl]))
-            lf = jnp.zeros_like(x) if log_factor is None else jnp.asarray(log_factor[sl])
-            return (jnp.asarray(r0[sl, :-1]), jnp.asarray(r0[sl, -1]), jnp.asarray(r1[sl, :-1]),
-                    jnp.asarray(r1[sl, -1]), lf, jnp.asarray(x))
+            lf = np.zeros(x.shape, np.float32) if log_factor is None else log_factor[sl]
+            return r0[sl, :-1], r0[sl, -1], r1[sl, :-1], r1[sl, -1], lf, np.asarray(x, np.float32)
 
         return self._batched("decode-transport", _decode_transport, len(r1), batch_size, seed, args)
 
     def _batched(self, name: str, fn, n: int, batch_size: int, seed: int, args):
         """Run the jitted ``fn(module, params, *args(rows), key)`` -> two ``(rows, genes)`` arrays over ``n``
-        rows in batches; the concatenated float32 pair."""
+        rows in batches (``args`` returns host arrays; each batch is padded to a power of two rows, so a few
+        shapes are compiled); the concatenated float32 pair."""
         f = cached_jit(self.vae.module, name, functools.partial(fn, self.vae.module))
         key = jax.random.key(seed)
         first, second = [], []
         for i, start in enumerate(range(0, n, batch_size)):
-            a, b = f(self.vae.params, *args(slice(start, start + batch_size)), jax.random.fold_in(key, i))
-            first.append(np.asarray(a))
-            second.append(np.asarray(b))
+            rows = min(batch_size, n - start)
+            size = min(batch_size, max(256, 1 << (rows - 1).bit_length()))  # few batch shapes, few compilations
+            padded = [np.pad(np.asarray(a), [(0, size - rows)] + [(0, 0)] * (np.ndim(a) - 1), mode="edge")
+                      for a in args(slice(start, start + rows))]
+            a, b = f(self.vae.params, *padded, jax.random.fold_in(key, i))
+            first.append(np.asarray(a)[:rows])
+            second.append(np.asarray(b)[:rows])
         return np.concatenate(first).astype(np.float32), np.concatenate(second).astype(np.float32)
 
     def _library_shift(self, perturbation: str, covariates: tuple[str, ...]) -> float:
@@ -370,24 +461,26 @@ class PerturbationModel(SavedModel):
         """Expected counts and one draw (each float32 ``(cells, genes)``) at latents ``z`` and log libraries, the
         means multiplied by ``exp(log_factor)`` (cells, genes) when given."""
         def args(sl):
-            lf = (jnp.zeros((len(z[sl]), len(self.var_names)), jnp.float32) if log_factor is None
-                  else jnp.asarray(log_factor[sl]))
-            return jnp.asarray(z[sl]), jnp.asarray(log_lib[sl]), lf
+            lf = (np.zeros((len(z[sl]), len(self.var_names)), np.float32) if log_factor is None
+                  else log_factor[sl])
+            return z[sl], log_lib[sl], lf
 
         return self._batched("decode-mean-sample", _decode_mean_sample, len(z), batch_size, seed, args)
 
     def predict_cells(self, source, perturbation: str, *, seed: int = 0, calibrate: bool = True,
-                      n_per_cell: int = 1, noise: PredictionNoise | None = None) -> np.ndarray:
+                      n_per_cell: int = 1, noise: PredictionNoise | None = None,
+                      correction_weight: float | None = None) -> np.ndarray:
         """``(n_source * n_per_cell, genes)`` float32 log1p(CP10k) values of predicted cells (the baselines'
         cell-level interface). The mean over them estimates the predicted mean profile with Monte Carlo noise of
         the count draws: about ``sd / sqrt(n_source * n_per_cell)`` per gene, which mean metrics over hundreds of
         genes add up (at 100 source cells and one draw each, an L2 of ~1.7 over 500 Norman genes), so score mean
         metrics with ``n_per_cell`` large enough for ~2000 cells or with :meth:`predict_mean`."""
         return normalize_log1p(self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed,
-                                            calibrate=calibrate, noise=noise).X)
+                                            calibrate=calibrate, noise=noise, correction_weight=correction_weight).X)
 
     def predict_mean(self, source, perturbation: str, *, n_per_cell: int | None = None, seed: int = 0,
-                     calibrate: bool = True, noise: PredictionNoise | None = None) -> np.ndarray:
+                     calibrate: bool = True, noise: PredictionNoise | None = None,
+                     correction_weight: float | None = None) -> np.ndarray:
         """``(genes,)`` float32 predicted mean of log1p(CP10k) over cells of ``perturbation`` with the source
         cells' covariates: the mean over ``n_per_cell`` predicted cells per source cell (the statistic observed
         cells are compared on, so the sampling noise of counts enters as it does in real cells). ``n_per_cell``
@@ -396,14 +489,17 @@ class PerturbationModel(SavedModel):
         if n_per_cell is None:
             n_per_cell = max(4, -(-4000 // max(source.n_obs, 1)))
         pred = self.predict(source, perturbation, n_per_cell=n_per_cell, seed=seed, calibrate=calibrate,
-                            noise=noise)
+                            noise=noise, correction_weight=correction_weight)
         return normalize_log1p(pred.X).mean(axis=0)
 
     def _saved_state(self):
         self._require_fitted()
         meta = {"options": self.options, "spec": self.spec.to_dict(), "response": self.response.to_dict(),
+                "offset": None if self.offset is None else self.offset.meta(),
                 "flow": None if self.flow is None else self.flow.meta(), "history": self.history}
         arrays = {} if self.flow is None else {"flow": self.flow.prior.params}
+        if self.offset is not None:
+            arrays["offset"] = {"means": self.offset.means}
         return meta, arrays, {"vae": self.vae}
 
     @classmethod
@@ -412,6 +508,9 @@ class PerturbationModel(SavedModel):
         self.options = dict(meta["options"])
         self.spec = PerturbationSpec.from_dict(meta["spec"])
         self.response = LatentResponse.from_dict(meta["response"])
+        offset = meta.get("offset")
+        self.offset = None if offset is None else BaselineOffset.from_meta(self.spec, offset,
+                                                                           arrays("offset")["means"])
         flow = meta.get("flow")
         self.flow = None if flow is None else LatentFlowResponse.from_meta(self.spec, flow, path / "flow.msgpack")
         self.history = meta["history"]
@@ -421,7 +520,8 @@ class PerturbationModel(SavedModel):
 
     def save(self, path, *, overwrite: bool = True) -> None:
         """Write the model to the folder ``path`` atomically: ``model.json`` (options, perturbation
-        specification, the latent response statistics) and ``vae/`` (the :class:`genjax.VAE`).
+        specification, the latent response statistics, the offset's weights), ``offset.msgpack`` (the training
+        means of the baseline offset), ``flow.msgpack`` (the flow) and ``vae/`` (the :class:`genjax.VAE`).
 
         Raises:
             RuntimeError: not fitted. FileExistsError: ``path`` exists and not ``overwrite``.
