@@ -59,7 +59,9 @@ def fit_models(train, spec: PerturbationSpec, args, times: dict) -> dict:
                                   seed=args.seed)
     pm.fit(max_epochs=args.epochs, progress=False, seed=args.seed)
     times.setdefault("genjax (VAE + shifts)", []).append(time.perf_counter() - t0)
-    models = {"genjax compositional": pm, "genjax scgen": pm.with_method("scgen"),
+    print(f"  baseline-offset weights (global) {pm.offset.weights} on {pm.offset.n_cases} training conditions, "
+          f"kernel bandwidths {pm.offset.bandwidths}", flush=True)
+    models = {"genjax compositional": pm, "genjax compositional, no offset": pm, "genjax scgen": pm.with_method("scgen"),
               "genjax compositional, model noise": pm}
     if args.flow:
         t0 = time.perf_counter()
@@ -84,8 +86,9 @@ def predict_all(predictors: dict, source, perturbation: str, args) -> dict:
     n_per_cell = max(1, -(-args.predicted_cells // source.n_obs))
     for name, p in predictors.items():
         try:
-            noise = "model" if name.endswith("model noise") else None
-            out[name] = (p.predict_cells(source, perturbation, seed=args.seed, n_per_cell=n_per_cell, noise=noise)
+            options = {"noise": "model" if name.endswith("model noise") else None,
+                       "correction_weight": 1.0 if name.endswith("no offset") else None}
+            out[name] = (p.predict_cells(source, perturbation, seed=args.seed, n_per_cell=n_per_cell, **options)
                          if name.startswith("genjax") else p.predict_cells(source, perturbation))
         except genjax.data.UnknownPerturbationError as err:
             print(f"  {name}: cannot predict {perturbation}: {err}", flush=True)
@@ -132,6 +135,9 @@ def kang(args) -> tuple[pd.DataFrame, dict]:
         controls[cond] = log1p(source)
         predictors = {**fit_baselines(train, spec, ["no_change", "mean_delta", "linear"]),
                       **fit_models(train, spec, args, times)}
+        pm = predictors["genjax compositional"]
+        weight = pm.offset.weight("carried", pm.response.covariate_index((t,)), pm.response.basal[:, :-1])
+        print(f"  {t}: correction weight {weight:.3f}", flush=True)
         for name, cells in predict_all(predictors, source, "STIM", args).items():
             predictions.setdefault(name, {})[cond] = cells
         peer = run_peer(args, train, source, spec, "STIM", t, times)
