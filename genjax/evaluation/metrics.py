@@ -24,9 +24,24 @@ time with :func:`perturbation_scores`, DE with :func:`de_test` / :func:`top_degs
 :func:`top_expressed`, log fold changes with :func:`logfc`. From AnnData files (real, predicted and training
 cells, the baselines fitted on the latter): :func:`evaluate_predicted_perturbations`
 (``_perturbation_anndata.py``), what ``genjax evaluate --perturbation-key`` runs.
+
+Calibration of count forecasts (``_calibration.py``): randomised PIT (:func:`randomized_pit` from
+:func:`nb_cdf` or :func:`sample_cdf`), interval coverage by level and expression bin (:func:`coverage_table`),
+:func:`reliability_curve`, :func:`interval_score`, CRPS (:func:`crps_samples`, :func:`crps_nb`) and
+:func:`energy_score`.
 """
 
 from ._buffer import make_buffer as make_buffer
+from ._calibration import DEFAULT_LEVELS as DEFAULT_LEVELS
+from ._calibration import coverage_table as coverage_table
+from ._calibration import crps_nb as crps_nb
+from ._calibration import crps_samples as crps_samples
+from ._calibration import energy_score as energy_score
+from ._calibration import interval_score as interval_score
+from ._calibration import nb_cdf as nb_cdf
+from ._calibration import randomized_pit as randomized_pit
+from ._calibration import reliability_curve as reliability_curve
+from ._calibration import sample_cdf as sample_cdf
 from ._energy_mmd import MMD_FACTORS as MMD_FACTORS
 from ._energy_mmd import energy_distance as energy_distance
 from ._energy_mmd import median_distance as median_distance
