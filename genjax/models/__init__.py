@@ -10,6 +10,8 @@
 * :class:`PerturbationModel` (``_perturbation.py``): cells under perturbations never measured, from a count VAE and
   a latent response model (:class:`LatentResponse`, ``_perturbation_response.py``) and the task baseline as its
   offset (:class:`BaselineOffset`, :func:`match_log1p_mean`, ``_perturbation_offset.py``);
+* intervals with guarantees (``_conformal.py``): integer count intervals with their mass, split-conformal and
+  jackknife+ over conditions, conformalised quantiles per expression bin;
 * perturbation baselines (``_perturbation_baselines.py``): :class:`PerturbationBaseline` and the references of
   every table (no change, control / non-control / matching mean, additive, mean delta, linear), by name in
   :data:`BASELINES`.
@@ -18,6 +20,12 @@
 from ._base import NoMatchingCellsError as NoMatchingCellsError
 from ._base import SavedModel as SavedModel
 from ._base import TrainingCells as TrainingCells
+from ._conformal import conformal_quantile as conformal_quantile
+from ._conformal import conformalized_quantiles as conformalized_quantiles
+from ._conformal import count_interval as count_interval
+from ._conformal import jackknife_plus as jackknife_plus
+from ._conformal import sample_interval as sample_interval
+from ._conformal import split_conformal as split_conformal
 from ._latent_generator import LatentGenerator as LatentGenerator
 from ._latent_prior import PRIOR_FAMILIES as PRIOR_FAMILIES
 from ._latent_prior import AbstractLatentPrior as AbstractLatentPrior
