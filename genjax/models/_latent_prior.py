@@ -185,7 +185,7 @@ def _net_settings(net: dict) -> dict:
 
 
 def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_categories: tuple[int, ...] = (),
-              steps: int = 4000, batch_size: int = 256, lr: float = 1e-3, cond_dropout: float = 0.1,
+              n_continuous: int = 0, steps: int = 4000, batch_size: int = 256, lr: float = 1e-3, cond_dropout: float = 0.1,
               n_hidden: int = 256, n_layers: int = 4, ema_decay: float | None = 0.999, sde: SDEName = "vp",
               sde_kwargs: dict | None = None, coupling: Coupling = "independent", seed: int = 0,
               progress: bool = True, checkpoint_dir=None, resume: bool = False, restart: bool = False,
@@ -197,6 +197,7 @@ def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_c
         cond: a :class:`genjax.nn.Condition` per point (labels ``(n, k)``) or ``None``.
         kind: the family, ``"diffusion"`` or ``"flow"``.
         n_categories: categories per attribute of ``cond``.
+        n_continuous: continuous covariates of ``cond`` (``cond.covariates``; standardise them first).
         steps, batch_size, lr: optimizer steps, batch size and Adam learning rate (cosine-decayed to 10%).
         cond_dropout: null-token dropout rate per attribute (classifier-free guidance).
         n_hidden, n_layers: width and residual blocks of the :class:`genjax.nn.FieldNet` (earlier names
@@ -220,6 +221,8 @@ def fit_prior(z, cond: Condition | None, *, kind: PriorFamily = "diffusion", n_c
     net = _net_settings({"n_hidden": n_hidden, "n_layers": n_layers, "n_categories": n_categories, **renamed})
     net = {"n_hidden": int(net["n_hidden"]), "n_layers": int(net["n_layers"]),
            "n_categories": tuple(int(k) for k in net["n_categories"])}
+    if n_continuous:
+        net["n_continuous"] = check_int("n_continuous", n_continuous)
     check_choice("kind", kind, PriorFamily)
     check_choice("sde", sde, SDEName)
     steps, batch_size = check_int("steps", steps), check_int("batch_size", batch_size)
@@ -284,8 +287,9 @@ def load_prior(config: dict, params_path) -> AbstractLatentPrior:
         prior = DiffusionPrior(int(config["dim"]), net, sde=sde, parameterisation=config["parameterisation"])
     else:
         prior = FlowPrior(int(config["dim"]), net)
-    k = len(net["n_categories"])
-    cond = Condition(labels=jnp.zeros((1, k), jnp.int32)) if k else None
+    k, c = len(net["n_categories"]), int(net.get("n_continuous", 0))
+    cond = (Condition(labels=jnp.zeros((1, k), jnp.int32) if k else None,
+                      covariates=jnp.zeros((1, c), jnp.float32) if c else None) if k or c else None)
     like = jax.eval_shape(prior.module.init, jax.random.key(0), jnp.zeros((1, prior.dim)), jnp.ones((1,)), cond)
     prior.params = jax.tree.map(jnp.asarray, load_pytree(params_path, like))
     return prior
