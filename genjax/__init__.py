@@ -12,7 +12,7 @@ models (pure)           :mod:`genjax.vae`, :mod:`genjax.diffusion`, :mod:`genjax
 fields                  :mod:`genjax.fields`: score, velocity, probability-flow and guided fields; objectives
 solvers                 :mod:`genjax.solvers`: diffrax samplers and exact likelihoods
 training                :mod:`genjax.training`: the jitted loop, field trainer, checkpoints, data parallelism
-applications            :mod:`genjax.models`: VAE, latent priors, LatentGenerator, PerturbationModel
+applications            :mod:`genjax.models`: VAE, latent priors, LatentGenerator, PerturbationModel, HybridModel
 evaluation              :mod:`genjax.evaluation` (aliases :mod:`genjax.metrics`, :mod:`genjax.plots`,
                         :mod:`genjax.report`)
 interface               ``genjax.cli``: the ``genjax`` command
@@ -62,6 +62,7 @@ from .likelihoods import sample_zinb as sample_zinb
 from .likelihoods import zinb_log_prob as zinb_log_prob
 from .likelihoods import zinb_log_prob_log as zinb_log_prob_log
 from .models import VAE as VAE
+from .models import HybridModel as HybridModel
 from .models import LatentGenerator as LatentGenerator
 from .models import PerturbationModel as PerturbationModel
 from .solvers import flow_log_likelihood as flow_log_likelihood

@@ -10,6 +10,8 @@
 * :class:`PerturbationModel` (``_perturbation.py``): cells under perturbations never measured, from a count VAE and
   a latent response model (:class:`LatentResponse`, ``_perturbation_response.py``) and the task baseline as its
   offset (:class:`BaselineOffset`, :func:`match_log1p_mean`, ``_perturbation_offset.py``);
+* :class:`HybridModel` (``_hybrid.py``): any mean predictor plus a generative residual model of counts, with
+  calibrated per-gene intervals;
 * intervals with guarantees (``_conformal.py``): integer count intervals with their mass, split-conformal and
   jackknife+ over conditions, conformalised quantiles per expression bin;
 * perturbation baselines (``_perturbation_baselines.py``): :class:`PerturbationBaseline` and the references of
@@ -26,6 +28,8 @@ from ._conformal import count_interval as count_interval
 from ._conformal import jackknife_plus as jackknife_plus
 from ._conformal import sample_interval as sample_interval
 from ._conformal import split_conformal as split_conformal
+from ._hybrid import RESIDUAL_MODELS as RESIDUAL_MODELS
+from ._hybrid import HybridModel as HybridModel
 from ._latent_generator import LatentGenerator as LatentGenerator
 from ._latent_prior import PRIOR_FAMILIES as PRIOR_FAMILIES
 from ._latent_prior import AbstractLatentPrior as AbstractLatentPrior
