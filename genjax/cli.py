@@ -120,7 +120,8 @@ def _checkpoints(out: Path) -> Path:
 def _fit_generator(adata, args, checkpoint_dir: Path | None):
     import genjax
 
-    gen = genjax.LatentGenerator(adata, likelihood=args.likelihood, prior=args.prior, conditions=args.condition_key,
+    gen = genjax.LatentGenerator(adata, likelihood=args.likelihood, prior=args.prior or "diffusion",
+                                 conditions=args.condition_key,
                                  layer=getattr(args, "layer", None), prior_clusters=args.prior_clusters,
                                  seed=args.seed)
     gen.fit(vae_epochs=args.vae_epochs, prior_steps=args.prior_steps, seed=args.seed, progress=not args.quiet,
@@ -162,7 +163,7 @@ def cmd_demo(args) -> int:
     train, test = _demo_data(args)
     args.condition_key = [key]
     gen = _fit_generator(train, args, None)
-    _log(f"trained the VAE and the {args.prior} prior in {time.perf_counter() - t0:.0f} s")
+    _log(f"trained the VAE and the {args.prior or 'diffusion'} prior in {time.perf_counter() - t0:.0f} s")
     out.mkdir(parents=True, exist_ok=True)
     _save_model(gen, out / "model")
     t1 = time.perf_counter()
@@ -203,10 +204,14 @@ def cmd_train(args) -> int:
         raise UsageError("--control and --covariate-key train a perturbation model: give --perturbation-key too")
     if args.perturbation_key is not None and args.control is None:
         raise UsageError("--perturbation-key needs --control (the label of control cells)")
+    if args.hybrid is not None and not args.condition_key:
+        raise UsageError("--hybrid needs --condition-key (the obs keys whose values make a condition; repeatable)")
     _writable_dir(out, "--out")
     _writable_dir(_checkpoints(out), "--out (its checkpoint folder)")
     adata = _read_h5ad(args.data, "--data")
-    if args.perturbation_key is not None:
+    if args.hybrid is not None:
+        model = _fit_hybrid(adata, args)
+    elif args.perturbation_key is not None:
         model = _fit_perturbation_model(adata, args, _checkpoints(out))
     else:
         model = _fit_generator(adata, args, _checkpoints(out))
@@ -230,6 +235,67 @@ def _fit_perturbation_model(adata, args, checkpoint_dir: Path):
     return pm
 
 
+def _fit_hybrid(adata, args):
+    import pandas as pd
+
+    import genjax
+
+    predictor = args.hybrid
+    if predictor.endswith(".csv"):
+        path = Path(predictor)
+        if not path.is_file():
+            raise UsageError(f"--hybrid {path}: no such file (a CSV of predicted mean log1p profiles: one row per "
+                             "condition label 'v1 | v2', one column per gene)")
+        predictor = pd.read_csv(path, index_col=0)
+    else:
+        predictor = predictor.replace("-", "_")
+        if predictor not in genjax.models.BASELINES:
+            raise UsageError(f"--hybrid {args.hybrid!r}: a baseline name ({', '.join(genjax.models.BASELINES)}) or a "
+                             "CSV of predicted profiles")
+    residual = args.prior or "flow"
+    hm = genjax.HybridModel(adata, predictor, args.condition_key, residual=residual, likelihood=args.likelihood,
+                            perturbation_key=args.perturbation_key, control=args.control, layer=args.layer,
+                            seed=args.seed)
+    t0 = time.perf_counter()
+    hm.fit(max_epochs=args.vae_epochs, prior_steps=args.prior_steps, seed=args.seed, progress=not args.quiet)
+    _log(f"trained a hybrid model ({hm.predictor.name} + residual {residual}) on {adata.n_obs} cells "
+         f"({len(hm.train_conditions)} conditions) in {time.perf_counter() - t0:.0f} s")
+    return hm
+
+
+def _model_format(model: Path) -> str:
+    try:
+        return json.loads((model / "model.json").read_text()).get("format", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _predict_hybrid(model: Path, out: Path, args) -> int:
+    import numpy as np
+
+    import genjax
+
+    if not args.condition:
+        raise UsageError("a hybrid model predicts a condition: give --condition KEY=VALUE for each condition key")
+    hm = genjax.HybridModel.load(model)
+    cond = _parse_conditions(args.condition)
+    cells = hm.sample(cond, args.n, seed=args.seed)
+    if args.interval is not None:
+        lo, hi = hm.predict_interval(cond, args.interval, "cell", seed=args.seed)
+        cells.layers["lower"] = np.broadcast_to(lo.to_numpy()[0], cells.shape).astype(np.float32)
+        cells.layers["upper"] = np.broadcast_to(hi.to_numpy()[0], cells.shape).astype(np.float32)
+        mlo, mhi = hm.predict_interval(cond, args.interval, "mean")
+        cells.varm["mean_interval"] = np.stack([mlo.to_numpy()[0], mhi.to_numpy()[0]], 1).astype(np.float32)
+        cells.uns["interval_level"] = args.interval
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    cells.write_h5ad(tmp)
+    tmp.replace(out)
+    extra = f" with {args.interval:g} intervals (layers lower / upper, varm mean_interval)" if args.interval else ""
+    _log(f"wrote {cells.n_obs} cells of {cond} to {out}{extra}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     import genjax
 
@@ -238,6 +304,12 @@ def cmd_predict(args) -> int:
     model = Path(args.model)
     if not model.is_dir():
         raise UsageError(f"--model {model}: no such model folder")
+    if args.interval is not None and not 0.0 < args.interval < 1.0:
+        raise UsageError(f"--interval must lie in (0, 1); got {args.interval}")
+    if _model_format(model).startswith("genjax.HybridModel"):
+        return _predict_hybrid(model, out, args)
+    if args.data is None or args.perturbation is None:
+        raise UsageError("a perturbation model predicts from control cells: give --data and --perturbation")
     pm = genjax.PerturbationModel.load(model)
     source = _read_h5ad(args.data, "--data")
     pred = pm.predict(source, args.perturbation, n_per_cell=args.n_per_cell, seed=args.seed)
@@ -336,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(q):
         q.add_argument("--likelihood", default="nb", choices=["nb", "zinb", "poisson"])
-        q.add_argument("--prior", default="diffusion", choices=["diffusion", "flow"])
+        q.add_argument("--prior", default=None, choices=["diffusion", "flow"],
+                       help="latent prior family (default: diffusion; flow for a hybrid model's residual)")
         q.add_argument("--vae-epochs", type=_positive_int, default=None,
                        help="VAE epochs (default: scvi-tools' rule)")
         q.add_argument("--prior-steps", type=_positive_int, default=4000)
@@ -365,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --perturbation-key: obs key of a covariate the response depends on (repeatable)")
     t.add_argument("--method", default="compositional", choices=["compositional", "scgen"],
                    help="with --perturbation-key: the latent response estimator")
+    t.add_argument("--hybrid", default=None, metavar="PREDICTOR",
+                   help="train a hybrid model: a mean predictor (a baseline name such as mean-delta, additive, linear, "
+                   "with --perturbation-key / --control; or PATH.csv of predicted mean log1p profiles, one row per "
+                   "condition label 'v1 | v2') wrapped in a residual count model (--prior) over the conditions made "
+                   "by --condition-key")
     resume = t.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true",
                         help="continue from OUT.ckpt (only a run with the same settings and data)")
@@ -383,12 +461,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(g)
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("predict", help="predict cells under a perturbation from control cells")
-    r.add_argument("--model", required=True, help="a perturbation model folder (genjax train --perturbation-key)")
-    r.add_argument("--data", required=True, help=".h5ad of control cells (raw counts) to predict from")
-    r.add_argument("--perturbation", required=True, help="a perturbation label, combinations joined by '+'")
+    r = sub.add_parser("predict", help="predict cells under a perturbation from control cells, or a hybrid model's "
+                       "cells and intervals for a condition")
+    r.add_argument("--model", required=True, help="a perturbation model folder (genjax train --perturbation-key) or "
+                   "a hybrid model folder (genjax train --hybrid)")
+    r.add_argument("--data", default=None, help="perturbation model: .h5ad of control cells (raw counts) to predict "
+                   "from")
+    r.add_argument("--perturbation", default=None, help="perturbation model: a perturbation label, combinations "
+                   "joined by '+'")
+    r.add_argument("--condition", action="append", default=None, metavar="KEY=VALUE",
+                   help="hybrid model: the condition's value of each condition key (repeatable)")
+    r.add_argument("--n", type=_positive_int, default=2000, help="hybrid model: cells to sample")
+    r.add_argument("--interval", type=float, default=None, metavar="LEVEL",
+                   help="hybrid model: also write per-gene bounds at this level (layers lower / upper: integer "
+                   "bounds for a new cell; varm mean_interval: bounds of the condition's mean log1p)")
     r.add_argument("--out", required=True, help="output .h5ad of predicted counts")
-    r.add_argument("--n-per-cell", type=_positive_int, default=1, help="predicted cells per source cell")
+    r.add_argument("--n-per-cell", type=_positive_int, default=1, help="perturbation model: predicted cells per "
+                   "source cell")
     r.add_argument("--seed", type=int, default=0)
     common(r)
     r.set_defaults(func=cmd_predict)

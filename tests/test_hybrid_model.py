@@ -116,3 +116,26 @@ def test_named_errors(hybrid):
     with pytest.raises(RuntimeError, match="not fitted"):
         genjax.HybridModel(train, bad | {"x | A": np.zeros(data.n_vars)}, KEYS).sample(("x", "A"), 5)
     assert isinstance(ad.AnnData, type)
+
+
+def test_cli_trains_a_hybrid_model_and_writes_intervals(tmp_path, capsys):
+    from genjax.cli import main as cli
+
+    data = _counts(n=30, genes=20)
+    train = data[~((data.obs.condition == "A+B") & (data.obs.cell_type == "y"))].copy()
+    train.write_h5ad(tmp_path / "train.h5ad")
+    base = ["train", "--data", str(tmp_path / "train.h5ad"), "--out", str(tmp_path / "hm"), "--hybrid", "mean-delta",
+            "--perturbation-key", "condition", "--control", "ctrl", "--vae-epochs", "1", "--prior-steps", "10",
+            "--quiet"]
+    assert cli(base) == 2 and "--hybrid needs --condition-key" in capsys.readouterr().err
+    assert cli(base + ["--condition-key", "cell_type", "--condition-key", "condition"]) == 0
+    out = tmp_path / "cells.h5ad"
+    predict = ["predict", "--model", str(tmp_path / "hm"), "--out", str(out), "--n", "50"]
+    assert cli(predict + ["--condition", "cell_type=y", "--condition", "condition=A+B", "--interval", "0.9"]) == 0
+    cells = ad.read_h5ad(out)
+    assert cells.n_obs == 50 and (cells.obs["condition"] == "A+B").all()
+    assert (cells.layers["lower"] <= cells.layers["upper"]).all() and cells.varm["mean_interval"].shape == (20, 2)
+    capsys.readouterr()
+    assert cli(predict) == 2 and "give --condition" in capsys.readouterr().err
+    assert cli(predict + ["--condition", "cell_type=y", "--condition", "condition=A", "--interval", "1.5"]) == 2
+    assert "--interval must lie in (0, 1)" in capsys.readouterr().err
