@@ -263,6 +263,14 @@ def _fit_hybrid(adata, args):
     return hm
 
 
+def _write_h5ad(adata, out: Path) -> None:
+    """Write ``adata`` to ``out`` atomically (a temporary file beside it, then a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(out)
+
+
 def _model_format(model: Path) -> str:
     try:
         return json.loads((model / "model.json").read_text()).get("format", "")
@@ -287,10 +295,7 @@ def _predict_hybrid(model: Path, out: Path, args) -> int:
         mlo, mhi = hm.predict_interval(cond, args.interval, "mean")
         cells.varm["mean_interval"] = np.stack([mlo.to_numpy()[0], mhi.to_numpy()[0]], 1).astype(np.float32)
         cells.uns["interval_level"] = args.interval
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    cells.write_h5ad(tmp)
-    tmp.replace(out)
+    _write_h5ad(cells, out)
     extra = f" with {args.interval:g} intervals (layers lower / upper, varm mean_interval)" if args.interval else ""
     _log(f"wrote {cells.n_obs} cells of {cond} to {out}{extra}")
     return 0
@@ -313,10 +318,7 @@ def cmd_predict(args) -> int:
     pm = genjax.PerturbationModel.load(model)
     source = _read_h5ad(args.data, "--data")
     pred = pm.predict(source, args.perturbation, n_per_cell=args.n_per_cell, seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pred.write_h5ad(tmp)
-    tmp.replace(out)
+    _write_h5ad(pred, out)
     rules = ", ".join(f"{k}: {v}" for k, v in pred.uns["perturbation_rule"].items())
     _log(f"wrote {pred.n_obs} predicted cells of {args.perturbation} to {out} (shift {rules})")
     return 0
@@ -332,10 +334,7 @@ def cmd_generate(args) -> int:
         raise UsageError(f"--model {model}: no such model folder")
     gen = genjax.LatentGenerator.load(model)
     adata = gen.generate(args.n, seed=args.seed, guidance=args.guidance, **_parse_conditions(args.condition))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    adata.write_h5ad(tmp)
-    tmp.replace(out)
+    _write_h5ad(adata, out)
     _log(f"wrote {adata.n_obs} generated cells to {out}")
     return 0
 

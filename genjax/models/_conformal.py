@@ -32,8 +32,12 @@ import math
 import numpy as np
 from scipy import stats
 
-__all__ = ["count_interval", "sample_interval", "split_conformal", "jackknife_plus", "conformalized_quantiles",
+__all__ = ["CALIBRATED_LEVELS", "count_interval", "sample_interval", "split_conformal", "jackknife_plus", "conformalized_quantiles",
            "conformal_quantile"]
+
+
+CALIBRATED_LEVELS = (0.5, 0.8, 0.9, 0.95)
+"""Levels a hybrid model calibrates its cell-level intervals at by default."""
 
 
 def _level(level) -> float:

@@ -56,12 +56,11 @@ import pandas as pd
 
 from .._checks import check_choice, check_int, check_range
 from ..data import Condition, PerturbationSpec, UnknownPerturbationError, get_matrix, row_sums
-from ..evaluation._calibration import DEFAULT_LEVELS
 from ..vae import vae_decode
 from ._base import SavedModel, cached_jit
-from ._conformal import conformal_quantile, jackknife_plus, sample_interval
+from ._conformal import CALIBRATED_LEVELS, conformal_quantile, jackknife_plus, sample_interval
 from ._latent_prior import fit_prior, load_prior
-from ._perturbation_baselines import BASELINES, _Means
+from ._perturbation_baselines import BASELINES, ConditionMeans
 from ._perturbation_offset import match_log1p_mean, mean_log1p
 from ._vae import VAE
 
@@ -174,7 +173,8 @@ class _Predictor:
             stats = self.baseline.stats
             keep = [i for i, key in enumerate(stats.keys) if key != (p, cov)]
             loo = copy.copy(self.baseline)
-            loo.stats = _Means([stats.keys[i] for i in keep], stats.means[keep], stats.counts[keep], stats.var_names)
+            loo.stats = ConditionMeans([stats.keys[i] for i in keep], stats.means[keep], stats.counts[keep],
+                                       stats.var_names)
             try:
                 pair = self._baseline_predict(loo, values), np.stack([self._baseline_predict(loo, c) for c in new])
             except UnknownPerturbationError:
@@ -450,7 +450,7 @@ class HybridModel(SavedModel):
 
     # -- intervals ----------------------------------------------------------------------------------------------
 
-    def calibrate(self, adata, *, n: int = 500, levels: Sequence[float] = DEFAULT_LEVELS, seed: int = 0,
+    def calibrate(self, adata, *, n: int = 500, levels: Sequence[float] = CALIBRATED_LEVELS, seed: int = 0,
                   max_conditions: int = 40) -> HybridModel:
         """Calibrate the intervals on the conditions of ``adata`` (raw counts with the condition keys; by default
         :meth:`fit` uses the training cells): per condition, ``n`` sampled cells give integer bounds at each of
@@ -615,7 +615,7 @@ class HybridModel(SavedModel):
             st = arrays("baseline")
             keys = [(p, tuple(c)) for p, c in meta["predictor"]["keys"]]
             base = BASELINES[meta["predictor"]["name"]](spec, layer=self.options["layer"])
-            base.stats = _Means(keys, np.asarray(st["means"], np.float64).reshape(len(keys), -1),
+            base.stats = ConditionMeans(keys, np.asarray(st["means"], np.float64).reshape(len(keys), -1),
                                 np.asarray(st["counts"], np.int64).reshape(-1), np.asarray(self.var_names))
             base._fit_statistics()
             self.predictor.baseline = base

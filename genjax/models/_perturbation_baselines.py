@@ -40,7 +40,7 @@ from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, norma
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["PerturbationBaseline", "NoChange", "ControlMean", "NonControlMean", "MatchingMean", "Additive",
+__all__ = ["ConditionMeans", "PerturbationBaseline", "NoChange", "ControlMean", "NonControlMean", "MatchingMean", "Additive",
            "MeanDelta", "LinearBaseline", "BASELINES"]
 
 _CHUNK_VALUES = 1 << 22  # values (cells x genes) normalised at a time: a few MiB of float32
@@ -49,8 +49,10 @@ RIDGE_ALPHAS = tuple(float(10.0**e) for e in np.arange(-3.0, 3.01, 0.5))
 
 
 @dataclasses.dataclass
-class _Means:
-    """Per-condition means of log1p(CP10k) and cell counts of a training set."""
+class ConditionMeans:
+    """Per-condition means of log1p(CP10k) and cell counts of a training set (what a fitted baseline keeps, as
+    ``baseline.stats``): ``keys`` ``[(perturbation, covariate values)]``, ``means`` float64 ``(conditions,
+    genes)``, ``counts`` int64 ``(conditions,)``, ``var_names``."""
 
     keys: list[tuple[str, tuple[str, ...]]]  # (perturbation, covariate values) per row
     means: np.ndarray  # (conditions, genes) float64
@@ -110,7 +112,7 @@ class PerturbationBaseline(abc.ABC):
         self.spec = spec
         self.layer = layer
         self.target_sum = check_range("target_sum", target_sum, low=0.0, low_open=True)
-        self.stats: _Means | None = None
+        self.stats: ConditionMeans | None = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.stats is not None else "not fitted"
@@ -136,14 +138,14 @@ class PerturbationBaseline(abc.ABC):
         groups = np.fromiter((index[r] for r in rows), np.int64, len(rows))
         counts = np.bincount(groups, minlength=len(keys)).astype(np.int64)
         sums = _group_sums(adata, groups, len(keys), self.layer, self.target_sum)
-        self.stats = _Means(keys, sums / counts[:, None], counts, np.asarray(adata.var_names).astype(str))
+        self.stats = ConditionMeans(keys, sums / counts[:, None], counts, np.asarray(adata.var_names).astype(str))
         self._fit_statistics()
         return self
 
     def _fit_statistics(self) -> None:  # noqa: B027 (a hook: most baselines learn nothing more)
         """Anything a baseline learns beyond the condition means (the linear model's weights)."""
 
-    def _require_fitted(self) -> _Means:
+    def _require_fitted(self) -> ConditionMeans:
         if self.stats is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train_adata) first")
         return self.stats
