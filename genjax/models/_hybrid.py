@@ -55,7 +55,15 @@ import numpy as np
 import pandas as pd
 
 from .._checks import check_choice, check_int, check_range
-from ..data import Condition, PerturbationSpec, UnknownPerturbationError, get_matrix, row_sums
+from ..data import (
+    Condition,
+    PerturbationSpec,
+    UnknownPerturbationError,
+    dense,
+    get_matrix,
+    row_sums,
+    take_rows,
+)
 from ..vae import vae_decode
 from ._base import SavedModel, cached_jit
 from ._conformal import CALIBRATED_LEVELS, conformal_quantile, jackknife_plus, sample_interval
@@ -342,6 +350,9 @@ class HybridModel(SavedModel):
                 if len(vals) != len(self.keys):
                     raise ValueError(f"condition {c!r} has {len(vals)} values; the keys are {self.keys}")
                 out.append(vals)
+        if not out:
+            raise ValueError("no condition given: pass a dict {key: value}, a tuple of values, a label, or a list "
+                             "of them")
         return out
 
     def _require_fitted(self):
@@ -478,13 +489,14 @@ class HybridModel(SavedModel):
         if len(conds) > max_conditions:
             conds = [conds[i] for i in np.sort(rng.choice(len(conds), max_conditions, replace=False))]
         X = get_matrix(adata, self.options["layer"])
+        labels = np.array([condition_label(c) for c in cells])
         predicted = self.predictor(conds)
         edges = np.quantile(predicted, np.linspace(0, 1, _N_BINS + 1)[1:-1])
         scores = {float(v): [[] for _ in range(_N_BINS)] for v in levels}
         residuals = []
         for i, c in enumerate(conds):
-            rows = np.flatnonzero([cc == c for cc in cells])
-            y = np.asarray(X[rows].toarray() if hasattr(X, "toarray") else X[rows], np.float64)
+            rows = np.flatnonzero(labels == condition_label(c))
+            y = np.asarray(dense(take_rows(X, rows)), np.float64)
             residuals.append(np.abs(mean_log1p(y) - predicted[i]))
             sim = np.asarray(self.sample(dict(zip(self.keys, c, strict=True)), n, seed=seed + i).X, np.float64)
             b = np.searchsorted(edges, predicted[i])
