@@ -97,6 +97,33 @@ def test_table_and_function_predictors_and_saving(hybrid, tmp_path):
     np.testing.assert_array_equal(again.sample(("x", "B"), 20).X, fm.sample(("x", "B"), 20).X)
 
 
+def test_regressor_predictor_fits_condition_means_and_saves(hybrid, tmp_path):
+    data, train, hm = hybrid
+    rm = genjax.HybridModel(train, "regressor", KEYS, vae_kwargs=dict(n_hidden=16, n_latent=4),
+                            predictor_kwargs=dict(steps=300, n_folds=3))
+    rm.fit(max_epochs=1, batch_size=64, prior_steps=20, prior_kwargs=dict(n_hidden=32, n_layers=2), progress=False,
+           calibrate=False)
+    rm.calibrate(train, n=40, levels=(0.5,))
+    # trained on the 7 training conditions' observed means: it reproduces them closely in sample
+    seen = ("x", "A")
+    cells = train[(train.obs.cell_type == "x") & (train.obs.condition == "A")].X
+    observed = genjax.data.normalize_log1p(np.asarray(cells)).mean(0)
+    np.testing.assert_allclose(rm.predictor.observed[seen], observed, atol=1e-6)
+    grand = np.mean(list(rm.predictor.observed.values()), axis=0)
+    assert np.abs(rm.predict_mean(seen).to_numpy()[0] - observed).mean() < 0.3 * np.abs(grand - observed).mean()
+    lo, hi = rm.predict_interval(("y", "A+B"), 0.5, "mean")  # CV+ over the regressor's folds
+    pred = rm.predict_mean(("y", "A+B")).to_numpy()
+    # CV+ bounds come from the fold models, so they need not contain the full fit's prediction
+    assert np.isfinite(lo.to_numpy()).all() and (lo.to_numpy() <= hi.to_numpy()).all()
+    rm.save(tmp_path / "rm")
+    back = genjax.HybridModel.load(tmp_path / "rm")
+    np.testing.assert_array_equal(back.predict_mean(("y", "A+B")).to_numpy(), pred)
+    np.testing.assert_array_equal(back.predict_interval(("y", "A+B"), 0.5, "mean")[0].to_numpy(), lo.to_numpy())
+    np.testing.assert_array_equal(back.sample(("y", "A+B"), 30, seed=2).X, rm.sample(("y", "A+B"), 30, seed=2).X)
+    with pytest.raises(UnknownPerturbationError, match="never saw value 'z'"):
+        rm.predict_mean(("z", "A"))
+
+
 def test_named_errors(hybrid):
     data, train, hm = hybrid
     with pytest.raises(UnknownPerturbationError, match="KLF1"):

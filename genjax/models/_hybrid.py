@@ -61,11 +61,13 @@ from ..data import (
     UnknownPerturbationError,
     dense,
     get_matrix,
+    normalize_log1p,
     row_sums,
     take_rows,
 )
 from ..vae import vae_decode
 from ._base import SavedModel, cached_jit
+from ._condition_regressor import ConditionRegressor
 from ._conformal import CALIBRATED_LEVELS, conformal_quantile, jackknife_plus, sample_interval
 from ._latent_prior import fit_prior, load_prior
 from ._perturbation_baselines import BASELINES, ConditionMeans
@@ -99,8 +101,11 @@ class _Predictor:
         self.baseline = None
         self.table: dict[str, np.ndarray] | None = None
         self.function: Callable | None = None
-        if isinstance(predictor, str):
-            check_choice("predictor", predictor, tuple(BASELINES))
+        self.regressor: ConditionRegressor | None = None
+        if isinstance(predictor, str) and predictor == "regressor":
+            self.kind = self.name = "regressor"
+        elif isinstance(predictor, str):
+            check_choice("predictor", predictor, (*BASELINES, "regressor"))
             if spec is None:
                 raise ValueError(f"predictor={predictor!r} is a perturbation baseline: give perturbation_key and "
                                  "control (the key among the conditions that holds the perturbation)")
@@ -140,9 +145,16 @@ class _Predictor:
                              f"{self.genes[g]!r}: predictions must be finite")
         return out
 
-    def fit(self, adata, layer):
+    def fit(self, adata, layer, conditions: list[tuple[str, ...]], regressor_kwargs: dict | None = None):
+        """Fit a baseline's statistics or the regressor on the observed means of ``conditions`` (the cells'
+        condition tuples)."""
         if self.kind == "baseline":
             self.baseline = BASELINES[self.name](self.spec, layer=layer).fit(adata)
+        elif self.kind == "regressor":
+            keys = sorted(set(conditions))
+            self.observed = dict(zip(keys, _condition_means(adata, layer, conditions, keys), strict=True))
+            self.regressor = ConditionRegressor(**dict(regressor_kwargs or {})).fit(
+                keys, np.stack([self.observed[c] for c in keys]))
         return self
 
     def _split(self, values: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
@@ -162,6 +174,8 @@ class _Predictor:
         labels = [condition_label(c) for c in conditions]
         if self.kind == "baseline":
             out = np.stack([self._baseline_predict(self.baseline, c) for c in conditions])
+        elif self.kind == "regressor":
+            out = self.regressor.predict(conditions)
         elif self.kind == "table":
             unknown = [lab for lab in labels if lab not in self.table]
             if unknown:
@@ -172,9 +186,18 @@ class _Predictor:
             out = self.function(pd.DataFrame(conditions, columns=self.keys))
         return self._check(out, labels)
 
+    def observed_mean(self, condition: tuple[str, ...]) -> np.ndarray:
+        """The observed mean profile of a training condition (a fitted baseline or regressor keeps them)."""
+        if self.kind == "regressor":
+            return self.observed[condition]
+        return self.baseline.stats.get(*self._split(condition))
+
     def leave_one_out(self, conditions: list[tuple[str, ...]], new: list[tuple[str, ...]]):
-        """For a baseline: the residual-free ingredients of jackknife+ -- per training condition ``k`` the
-        baseline refitted without it, predicting ``k`` and each of ``new`` (None where it cannot)."""
+        """The residual-free ingredients of jackknife+ / CV+: per training condition ``k`` a predictor fitted
+        without it (a baseline refitted without ``k``; the regressor's fold model that did not see ``k``),
+        predicting ``k`` and each of ``new`` (None where it cannot)."""
+        if self.kind == "regressor":
+            return self.regressor.cross_fit(conditions, new)
         at_k, at_new = [], []
         for values in conditions:
             p, cov = self._split(values)
@@ -199,7 +222,8 @@ class HybridModel(SavedModel):
     Arguments:
         adata: training cells, raw counts (``X`` or ``layer``), with the ``conditions`` obs columns.
         predictor: a perturbation baseline name (:data:`genjax.models.BASELINES`: ``"mean_delta"``,
-            ``"additive"``, ``"linear"``, ...), a DataFrame (index: condition labels ``"v1 | v2"``, columns: gene
+            ``"additive"``, ``"linear"``, ...), ``"regressor"`` (an MLP on condition embeddings trained here on the
+            training conditions' means, :class:`genjax.models.ConditionRegressor`), a DataFrame (index: condition labels ``"v1 | v2"``, columns: gene
             names) or dict (label -> ``(genes,)`` profile) of mean log1p(CP10k) profiles, or a function from a
             DataFrame of conditions (one column per key) to a ``(conditions, genes)`` array.
         conditions: the obs keys whose values make a condition (e.g. ``["cell_type", "stim"]``).
@@ -210,7 +234,9 @@ class HybridModel(SavedModel):
         layer: read counts from this layer instead of ``X``.
         n_embedding: principal axes of the predicted profiles the residual model is conditioned on.
         sample_steps: fixed Heun steps of the flow sampler (``None``: adaptive Dopri5).
-        vae_kwargs: other :class:`genjax.VAE` options. seed: seed of the initialisation.
+        vae_kwargs: other :class:`genjax.VAE` options.
+        predictor_kwargs: options of the ``"regressor"`` predictor (:class:`genjax.models.ConditionRegressor`).
+        seed: seed of the initialisation.
 
     Raises:
         KeyError: a condition key missing from ``obs``. ValueError: a bad option, a predictor table that lacks
@@ -222,7 +248,7 @@ class HybridModel(SavedModel):
     def __init__(self, adata, predictor, conditions: Sequence[str] | str, residual: str = "flow",
                  likelihood: str = "nb", *, perturbation_key: str | None = None, control: str | None = None,
                  layer: str | None = None, n_embedding: int = 8, sample_steps: int | None = 24,
-                 vae_kwargs: dict | None = None, seed: int = 0):
+                 vae_kwargs: dict | None = None, predictor_kwargs: dict | None = None, seed: int = 0):
         keys = [conditions] if isinstance(conditions, str) else [str(k) for k in conditions]
         missing = [k for k in keys if k not in adata.obs.columns]
         if missing or not keys:
@@ -241,7 +267,8 @@ class HybridModel(SavedModel):
         self.options = {"residual": residual, "likelihood": likelihood, "layer": layer, "seed": seed,
                         "n_embedding": check_int("n_embedding", n_embedding), "vae_kwargs": dict(vae_kwargs or {}),
                         "sample_steps": None if sample_steps is None else check_int("sample_steps", sample_steps),
-                        "perturbation_key": perturbation_key, "control": control}
+                        "perturbation_key": perturbation_key, "control": control,
+                        "predictor_kwargs": dict(predictor_kwargs or {})}
         self.adata = adata
         self.prior = None
         self.history: dict[str, list] = {}
@@ -277,9 +304,9 @@ class HybridModel(SavedModel):
         Returns:
             ``self``.
         """
-        self.predictor.fit(self.adata, self.options["layer"])
-        self.vae.fit(max_epochs=max_epochs, batch_size=batch_size, seed=seed, progress=progress, **vae_fit_kwargs)
         cells = self._cell_conditions(self.adata)
+        self.predictor.fit(self.adata, self.options["layer"], cells, self.options.get("predictor_kwargs"))
+        self.vae.fit(max_epochs=max_epochs, batch_size=batch_size, seed=seed, progress=progress, **vae_fit_kwargs)
         self.train_conditions = sorted(set(cells))
         index = {c: i for i, c in enumerate(self.train_conditions)}
         cell_cond = np.array([index[c] for c in cells])
@@ -539,7 +566,7 @@ class HybridModel(SavedModel):
         labels = [condition_label(c) for c in conds]
         predicted = self.predictor(conds)
         if kind == "mean":
-            if self.predictor.kind == "baseline":
+            if self.predictor.kind in ("baseline", "regressor"):
                 lo, hi = self._jackknife_plus(conds, level)
             else:  # split-conformal on the calibration conditions' residuals |observed - predicted|
                 q = conformal_quantile(self.calibration["residuals"], level, axis=0)
@@ -562,11 +589,11 @@ class HybridModel(SavedModel):
 
     def _jackknife_plus(self, conds, level):
         at_k, at_new = self.predictor.leave_one_out(self.train_conditions, conds)
-        observed = {c: self.predictor.baseline.stats.get(*self.predictor._split(c)) for c in self.train_conditions}
+        observed = {c: self.predictor.observed_mean(c) for c in self.train_conditions}
         rows = [k for k, v in enumerate(at_k) if v is not None and at_new[k] is not None]
         if not rows:
-            raise RuntimeError("no training condition can be predicted by the baseline without its own cells: "
-                               "mean-level intervals need at least one")
+            raise RuntimeError(f"no training condition can be predicted by the {self.predictor.name} predictor "
+                               "fitted without it: mean-level intervals need at least one")
         resid = np.stack([np.abs(observed[self.train_conditions[k]] - at_k[k]) for k in rows])
         lo, hi = [], []
         for i in range(len(conds)):
@@ -596,6 +623,12 @@ class HybridModel(SavedModel):
             st = self.predictor.baseline.stats
             meta["predictor"]["keys"] = [[p, list(c)] for p, c in st.keys]
             arrays["baseline"] = {"means": st.means, "counts": st.counts}
+        elif self.predictor.kind == "regressor":
+            reg_meta, reg_arrays = self.predictor.regressor.state()
+            meta["predictor"]["regressor"] = reg_meta
+            meta["predictor"]["observed"] = [list(c) for c in self.predictor.observed]
+            arrays["regressor"] = reg_arrays
+            arrays["observed"] = {"means": np.stack(list(self.predictor.observed.values()))}
         elif self.predictor.kind == "table":
             meta["predictor"]["labels"] = list(self.predictor.table)
             arrays["table"] = {"values": np.stack(list(self.predictor.table.values()))}
@@ -618,6 +651,12 @@ class HybridModel(SavedModel):
                 raise ValueError("this hybrid model's predictor is a function, which is not saved: pass it again, "
                                  "HybridModel.load(path, predictor=f)")
             self.predictor = _Predictor(predictor, self.keys, self.var_names, spec)
+        elif kind == "regressor":
+            self.predictor = _Predictor("regressor", self.keys, self.var_names, spec)
+            self.predictor.regressor = ConditionRegressor.from_state(meta["predictor"]["regressor"], arrays)
+            conds = [tuple(c) for c in meta["predictor"]["observed"]]
+            means = np.asarray(arrays("observed")["means"], np.float64).reshape(len(conds), -1)
+            self.predictor.observed = dict(zip(conds, means, strict=True))
         elif kind == "table":
             values = np.asarray(arrays("table")["values"], np.float64).reshape(len(meta["predictor"]["labels"]), -1)
             self.predictor = _Predictor(dict(zip(meta["predictor"]["labels"], values, strict=True)), self.keys,
@@ -680,3 +719,20 @@ def _decode_mean_theta(module, params, z, log_lib):
     mu = jnp.exp(out["log_mu"])
     theta = jnp.broadcast_to(jnp.exp(out["log_theta"]), mu.shape) if "log_theta" in out else jnp.ones_like(mu)
     return mu, theta
+
+
+def _condition_means(adata, layer, conditions: list[tuple[str, ...]], keys: list[tuple[str, ...]],
+                     chunk: int = 4096) -> np.ndarray:
+    """float64 ``(len(keys), genes)`` mean log1p(CP10k) of the cells of each condition in ``keys`` (cells' tuples
+    in ``conditions``), read in row chunks so a condition's cells are never densified at once."""
+    X = get_matrix(adata, layer)
+    index = {c: i for i, c in enumerate(keys)}
+    group = np.array([index.get(c, -1) for c in conditions])
+    sums = np.zeros((len(keys), X.shape[1]), np.float64)
+    for start in range(0, X.shape[0], chunk):
+        rows = np.arange(start, min(start + chunk, X.shape[0]))
+        g = group[rows]
+        block = normalize_log1p(np.asarray(dense(take_rows(X, rows)), np.float64))
+        np.add.at(sums, g[g >= 0], block[g >= 0])
+    counts = np.bincount(group[group >= 0], minlength=len(keys))
+    return sums / np.maximum(counts, 1)[:, None]
