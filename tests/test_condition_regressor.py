@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from genjax.data import UnknownPerturbationError
-from genjax.models._condition_regressor import ConditionRegressor
-from genjax.models._conformal import jackknife_plus
+from genjax.models import ConditionRegressor, jackknife_plus
 
 N_A, N_B, G = 6, 6, 40
 

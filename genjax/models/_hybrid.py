@@ -93,6 +93,11 @@ def condition_label(values: Sequence[str]) -> str:
     return _SEP.join(str(v) for v in values)
 
 
+def labels_of(conditions: Sequence[Sequence[str]]) -> list[str]:
+    """The labels of several conditions."""
+    return [condition_label(c) for c in conditions]
+
+
 class _Predictor:
     """The mean predictor behind a hybrid model: ``(conditions table) -> (n, genes)`` mean log1p(CP10k)."""
 
@@ -329,6 +334,8 @@ class HybridModel(SavedModel):
         self.history = {"vae": list(self.vae.history), "prior": hist}
         self.log_lib = np.log(row_sums(get_matrix(self.adata, self.options["layer"])))
         self.lib_conditions = cells
+        self.__dict__.pop("_pools", None)  # library pools of an earlier fit
+        self.__dict__.pop("_prefix_codes", None)
         self.calibration = None
         if calibrate:
             self.calibrate(self.adata, seed=seed)
@@ -400,7 +407,8 @@ class HybridModel(SavedModel):
                                                       mean_weight=mean_weight).X) for c in conds])
         return pd.DataFrame(values, index=[condition_label(c) for c in conds], columns=self.var_names)
 
-    def sample(self, conditions, n: int, *, seed: int = 0, mean_weight: float = 0.0, batch_size: int = 4096):
+    def sample(self, conditions, n: int, *, seed: int = 0, mean_weight: float = 0.0, interval: float | None = None,
+               batch_size: int = 4096):
         """``n`` cells of each condition: latents from the residual prior, NB counts from the decoder, moved so
         their mean log1p(CP10k) is ``(1 - mean_weight) predictor + mean_weight model`` (module docstring).
 
@@ -410,6 +418,9 @@ class HybridModel(SavedModel):
             n: cells per condition.
             seed: seed of every draw.
             mean_weight: ``w`` in ``[0, 1]``.
+            interval: a calibrated level: also the cell-level integer bounds of each condition, from the same
+                sampled cells (what :meth:`predict_interval` with ``kind="cell"``, ``n`` and ``seed`` returns,
+                without sampling twice), as ``layers["lower"]`` / ``layers["upper"]``.
 
         Returns:
             AnnData ``(n * conditions, genes)``: ``X`` float32 counts, ``layers["mean"]`` their expected values,
@@ -424,11 +435,13 @@ class HybridModel(SavedModel):
         self._require_fitted()
         n = check_int("n", n)
         mean_weight = check_range("mean_weight", mean_weight, low=0.0, high=1.0)
+        if interval is not None:
+            self._cell_quantiles(interval)  # a bad or uncalibrated level fails before any sampling
         conds = self._parse(conditions)
         predicted = self.predictor(conds)
         cond = self._condition(conds, predicted)
         key = jax.random.key(seed)
-        counts, means, obs = [], [], []
+        counts, means, obs, bounds = [], [], [], []
         for i, c in enumerate(conds):
             m = _bucket(n)
             ci = Condition(labels=jnp.repeat(cond.labels[i:i + 1], m, 0),
@@ -440,6 +453,8 @@ class HybridModel(SavedModel):
             mu, x, log_lib = mu[:n], x[:n], log_lib[:n]  # m >= n rows were drawn: few compiled sizes
             target = (1.0 - mean_weight) * predicted[i] + mean_weight * mean_log1p(x)
             x, mu = match_log1p_mean(x, mu, target, seed=seed + i)
+            if interval is not None:
+                bounds.append(self._cell_bounds(x, predicted[i], interval))
             counts.append(x)
             means.append(mu)
             obs.append(pd.DataFrame({**{k: [v] * n for k, v in zip(self.keys, c, strict=True)},
@@ -448,7 +463,28 @@ class HybridModel(SavedModel):
         obs.index = pd.Index([f"hybrid-{i}" for i in range(len(obs))])
         out = ad.AnnData(X=np.concatenate(counts), obs=obs, var=pd.DataFrame(index=self.var_names))
         out.layers["mean"] = np.concatenate(means)
+        if interval is not None:
+            out.layers["lower"] = np.repeat(np.stack([b[0] for b in bounds]), n, axis=0).astype(np.float32)
+            out.layers["upper"] = np.repeat(np.stack([b[1] for b in bounds]), n, axis=0).astype(np.float32)
+            out.uns["interval_level"] = float(interval)
         return out
+
+    def _cell_quantiles(self, level: float) -> np.ndarray:
+        """The conformal widenings per expression bin at a calibrated ``level``."""
+        level = check_range("level", level, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.calibration is None:
+            raise RuntimeError("the intervals are not calibrated; call calibrate(adata) (fit(calibrate=True) does)")
+        q = self.calibration["quantiles"].get(float(level))
+        if q is None:
+            raise ValueError(f"level {level} is not calibrated (calibrated: {sorted(self.calibration['quantiles'])}"
+                             "); call calibrate(adata, levels=[...])")
+        return q
+
+    def _cell_bounds(self, sim: np.ndarray, predicted: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Integer bounds ``(genes,)`` from sampled cells: the central interval widened by the calibration."""
+        a, b, _ = sample_interval(sim, level)
+        widen = self._cell_quantiles(level)[np.searchsorted(self.calibration["edges"], predicted)]
+        return np.maximum(np.floor(a - widen), 0.0), np.ceil(b + widen)
 
     def _sampler(self) -> dict:
         """Solver settings of the latent prior's sampler: ``sample_steps`` fixed Heun steps for a flow (the
@@ -462,11 +498,23 @@ class HybridModel(SavedModel):
         """Log library sizes of training cells sharing the most leading values of ``condition`` (all values,
         then all but the last, ...; every cell as the last resort)."""
         rng = np.random.default_rng(seed)
-        for m in range(len(condition), -1, -1):
-            pool = np.flatnonzero([c[:m] == condition[:m] for c in self.lib_conditions])
-            if pool.size:
-                return self.log_lib[rng.choice(pool, n)]
-        raise AssertionError("unreachable")
+        return self.log_lib[rng.choice(self._library_pool(tuple(condition)), n)]
+
+    def _library_pool(self, condition: tuple[str, ...]) -> np.ndarray:
+        """Indices of the training cells whose library sizes a condition draws from (cached per condition)."""
+        cache = self.__dict__.setdefault("_pools", {})
+        if condition not in cache:
+            if "_prefix_codes" not in self.__dict__:  # per key, each cell's value as an integer code
+                self._prefix_codes = [pd.factorize(np.array([c[j] for c in self.lib_conditions]))
+                                      for j in range(len(self.keys))]
+            match = np.ones(len(self.lib_conditions), bool)
+            pools = [np.arange(len(self.lib_conditions))]
+            for j, (codes, uniques) in enumerate(self._prefix_codes):
+                hit = np.flatnonzero(uniques == condition[j])
+                match &= codes == (hit[0] if hit.size else -2)
+                pools.append(np.flatnonzero(match))
+            cache[condition] = next(p for p in reversed(pools) if p.size)
+        return cache[condition]
 
     def _decode(self, z, log_lib, seed: int, batch_size: int):
         """Expected counts and one draw (float64 ``(cells, genes)``) at latents ``z``: the decoder's NB / Poisson
@@ -563,27 +611,18 @@ class HybridModel(SavedModel):
         if self.calibration is None:
             raise RuntimeError("the intervals are not calibrated; call calibrate(adata) (fit(calibrate=True) does)")
         conds = self._parse(conditions)
-        labels = [condition_label(c) for c in conds]
+        labels = labels_of(conds)
+        if kind == "cell":  # the bounds of n sampled cells per condition, widened by the calibration
+            rows = np.arange(len(conds)) * n
+            cells = self.sample(conds, n, seed=seed, interval=level)
+            return tuple(pd.DataFrame(cells.layers[side][rows].astype(np.float64), index=labels,
+                                      columns=self.var_names) for side in ("lower", "upper"))
         predicted = self.predictor(conds)
-        if kind == "mean":
-            if self.predictor.kind in ("baseline", "regressor"):
-                lo, hi = self._jackknife_plus(conds, level)
-            else:  # split-conformal on the calibration conditions' residuals |observed - predicted|
-                q = conformal_quantile(self.calibration["residuals"], level, axis=0)
-                lo, hi = predicted - q, predicted + q
-        else:
-            q = self.calibration["quantiles"].get(float(level))
-            if q is None:
-                raise ValueError(f"level {level} is not calibrated (calibrated: {sorted(self.calibration['quantiles'])}"
-                                 "); call calibrate(adata, levels=[...])")
-            lo, hi = [], []
-            for i, c in enumerate(conds):
-                sim = np.asarray(self.sample(dict(zip(self.keys, c, strict=True)), n, seed=seed + i).X, np.float64)
-                a, b, _ = sample_interval(sim, level)
-                widen = q[np.searchsorted(self.calibration["edges"], predicted[i])]
-                lo.append(np.maximum(np.floor(a - widen), 0.0))
-                hi.append(np.ceil(b + widen))
-            lo, hi = np.stack(lo), np.stack(hi)
+        if self.predictor.kind in ("baseline", "regressor"):
+            lo, hi = self._jackknife_plus(conds, level)
+        else:  # split-conformal on the calibration conditions' residuals |observed - predicted|
+            q = conformal_quantile(self.calibration["residuals"], level, axis=0)
+            lo, hi = predicted - q, predicted + q
         return (pd.DataFrame(lo, index=labels, columns=self.var_names),
                 pd.DataFrame(hi, index=labels, columns=self.var_names))
 
