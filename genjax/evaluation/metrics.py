@@ -53,6 +53,8 @@ from ._evaluate import METRICS as METRICS
 from ._evaluate import Evaluation as Evaluation
 from ._evaluate import SetSummary as SetSummary
 from ._evaluate import evaluate as evaluate
+from ._integration import IntegrationDetails as IntegrationDetails
+from ._integration import integration as integration
 from ._knn import knn_loo_accuracy as knn_loo_accuracy
 from ._knn import knn_two_sample_accuracy as knn_two_sample_accuracy
 from ._label_classifier import LabelClassifier as LabelClassifier
