@@ -9,7 +9,19 @@ from test_perturbation_model import _counts, fitted  # noqa: F401 (the fixture)
 
 import genjax
 from genjax.data import PerturbationSpec
-from genjax.models import BaselineOffset, match_log1p_mean, poisson_quantile
+from genjax.models import BaselineOffset, binomial_quantile, match_log1p_mean, poisson_quantile
+
+
+def test_binomial_quantile_is_scipys_and_monotone_in_p():
+    rng = np.random.default_rng(3)
+    u = rng.uniform(size=20000)
+    n = np.concatenate([rng.integers(0, 64, 15000), rng.integers(64, 400, 5000)])  # recurrence and scipy paths
+    p = np.concatenate([rng.uniform(0, 1, 19000), np.full(1000, 0.995)])
+    np.testing.assert_array_equal(binomial_quantile(u, n, p), stats.binom.ppf(u, n, p).astype(np.int64))
+    grid = np.linspace(0.0, 0.99, 60)
+    draws = binomial_quantile(np.broadcast_to(u[:40, None], (40, 60)), np.full((40, 60), 12),
+                              np.broadcast_to(grid, (40, 60)))
+    assert (np.diff(draws, axis=1) >= 0).all() and draws.max() <= 12
 
 
 def test_poisson_quantile_is_scipys_and_monotone_in_the_rate():

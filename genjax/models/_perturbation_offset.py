@@ -45,6 +45,7 @@ _UP_RATE_FLOOR = 0.05  # counts: a cell expecting nothing of a gene can still ga
 _SOLVE_RANGE = 8.0  # log ratios searched: [-8, 8]
 _SOLVE_STEPS = 14  # bisection steps: 16 / 2^14 ~ 0.001 in log ratio
 _POISSON_EXACT_BELOW = 30.0  # rates at which the Poisson quantile is found by the pmf recurrence
+_BINOMIAL_EXACT_BELOW = 64  # trial counts at which the binomial quantile is found by the pmf recurrence
 _BANDWIDTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0, math.inf)  # times the median distance between basal states
 
 
@@ -221,13 +222,44 @@ def poisson_quantile(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return out
 
 
+def binomial_quantile(u: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``min {k : P(Binomial(n, p) <= k) >= u}`` elementwise (int64, the shape of ``u``): the inverse-CDF draw,
+    non-decreasing in ``p`` at fixed ``u`` and ``n``. Small ``n`` (< 64, with ``p <= 0.99``) by the pmf recurrence
+    ``P(k + 1) = P(k) (n - k) / (k + 1) * p / (1 - p)`` over the entries still searching (single-cell counts are
+    small, so this is several times faster than scipy's ``binom.ppf``), the others by scipy."""
+    u = np.asarray(u, np.float64)
+    n = np.broadcast_to(np.asarray(n, np.float64), u.shape).ravel()
+    p = np.broadcast_to(np.asarray(p, np.float64), u.shape).ravel()
+    out = np.zeros(u.size, np.int64)
+    flat_u = u.ravel()
+    exact = (n < _BINOMIAL_EXACT_BELOW) & (p <= 0.99)
+    rest = np.flatnonzero(~exact)
+    if rest.size:
+        out[rest] = _stats.binom.ppf(flat_u[rest], n[rest], p[rest]).astype(np.int64)
+    idx = np.flatnonzero(exact)
+    uu, nn, pp = flat_u[idx], n[idx], p[idx]
+    odds = pp / (1.0 - pp)
+    pmf = (1.0 - pp) ** nn
+    cdf = pmf.copy()
+    k = 0
+    while idx.size:
+        # scipy's convention: a cdf within a relative 1e-10 of u counts as reaching it (rounding in the sum)
+        active = (cdf < uu * (1.0 - 1e-10)) & (k < nn)
+        idx, uu, nn, odds, pmf, cdf = idx[active], uu[active], nn[active], odds[active], pmf[active], cdf[active]
+        k += 1
+        out[idx] = k
+        pmf = pmf * (nn - k + 1) / k * odds
+        cdf = cdf + pmf
+    return out.reshape(u.shape)
+
+
 def _moved(x: np.ndarray, rate: np.ndarray, u: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     """Counts ``x`` (cells, genes) moved by the per-gene ratios ``exp(log_q)`` with uniforms ``u``."""
     q = np.exp(log_q)[None, :]
     out = x.copy()
     down = np.broadcast_to(q < 1.0, x.shape) & (x > 0)
     if down.any():
-        out[down] = _stats.binom.ppf(u[down], x[down], np.broadcast_to(q, x.shape)[down])
+        out[down] = binomial_quantile(u[down], x[down], np.broadcast_to(q, x.shape)[down])
     up = np.broadcast_to(q > 1.0, x.shape)
     if up.any():
         lam = (np.broadcast_to(q, x.shape)[up] - 1.0) * (rate[up] + _UP_RATE_FLOOR)
