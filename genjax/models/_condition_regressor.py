@@ -80,10 +80,14 @@ class ConditionRegressor:
     """Condition -> mean log1p(CP10k) profile regressor (module docstring).
 
     Arguments:
-        n_embed: embedding width per key. n_hidden: MLP width. steps: Adam steps. learning_rate: Adam's.
-        lam_add: ridge penalty of the additive effects. n_folds: cross-validation folds over conditions (at most
-            the number of training conditions). penalties: the grid of interaction penalties ``lam_int``.
-            seed: seed of the initialisation and the folds.
+        n_embed: embedding width per key.
+        n_hidden: MLP width.
+        steps: Adam steps.
+        learning_rate: Adam's learning rate.
+        lam_add: ridge penalty of the additive effects.
+        n_folds: cross-validation folds over conditions (at most the number of training conditions).
+        penalties: the grid of interaction penalties ``lam_int``.
+        seed: seed of the initialisation and the folds.
 
     Fitted state: ``vocab`` (values per key), ``params`` (the full fit at the chosen ``lam_int``), ``fold_params``
     (one per fold, stacked on a leading axis), ``folds`` int ``(conditions,)`` (each training condition's fold),

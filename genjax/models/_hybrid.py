@@ -427,8 +427,10 @@ class HybridModel(SavedModel):
             ``obs`` the condition keys and ``library_size``.
 
         Raises:
-            RuntimeError: not fitted. KeyError / ValueError: malformed conditions, ``mean_weight`` outside
-            ``[0, 1]``. UnknownPerturbationError: a condition the predictor cannot predict (named).
+            RuntimeError: not fitted, or ``interval`` given before the intervals are calibrated.
+            KeyError: a condition lacks a key.
+            ValueError: malformed conditions, ``mean_weight`` outside ``[0, 1]``, an uncalibrated ``interval``.
+            UnknownPerturbationError: a condition the predictor cannot predict (named).
         """
         import anndata as ad
 
@@ -602,8 +604,8 @@ class HybridModel(SavedModel):
             ``(lower, upper)`` DataFrames (condition labels x genes).
 
         Raises:
-            RuntimeError: not fitted or not calibrated. ValueError: ``level`` outside ``(0, 1)`` or not
-            calibrated, an unknown ``kind``.
+            RuntimeError: not fitted or not calibrated.
+            ValueError: ``level`` outside ``(0, 1)`` or not calibrated, an unknown ``kind``.
         """
         self._require_fitted()
         check_choice("kind", kind, ("cell", "mean"))
