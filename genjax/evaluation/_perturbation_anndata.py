@@ -78,9 +78,10 @@ def evaluate_predicted_perturbations(
         named ``"baseline <name>"``.
 
     Raises:
-        KeyError: a missing obs column or layer (named). ValueError: counts that are negative, non-integer or not
-        finite (cell and gene named), genes that differ (the first differing gene named), a predicted condition with fewer than 2 real cells or no real control with its covariates
-        (named), an unknown baseline name, no predicted cells.
+        KeyError: a missing obs column or layer (named).
+        ValueError: counts that are negative, non-integer or not finite (cell and gene named), genes that differ
+            (the first differing gene named), a predicted condition with fewer than 2 real cells or no real control
+            with its covariates (named), an unknown baseline name, no predicted cells.
     """
     methods = dict(predicted) if isinstance(predicted, Mapping) else {"model": predicted}
     if not methods:

@@ -37,9 +37,12 @@ class LatentFlowResponse:
     """The conditional flow over perturbation slots and covariates, with its label vocabularies.
 
     Attributes:
-        spec: the perturbation specification. slots: number of member slots. members: slot vocabulary
-        (``<none>`` first). covariate_values: the categories of each covariate key. shift, scale: the latents'
-        standardisation. measured: ``"perturbation | covariates"`` keys of the training conditions.
+        spec: the perturbation specification.
+        slots: number of member slots.
+        members: slot vocabulary (``<none>`` first).
+        covariate_values: the categories of each covariate key.
+        shift, scale: the latents' standardisation.
+        measured: ``"perturbation | covariates"`` keys of the training conditions.
         prior: the fitted :class:`~genjax.models.FlowPrior`.
     """
 

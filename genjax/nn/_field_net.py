@@ -21,7 +21,7 @@ __all__ = ["FieldNet"]
 
 class FieldNet(nn.Module):
     """A time- and condition-dependent vector field ``F(x, t, cond) -> R^d`` (score, noise, x0 or velocity,
-    depending on how it is trained; see :mod:`genjax._score`).
+    depending on how it is trained; see :mod:`genjax.fields`).
 
     ``emb = MLP(SinusoidalEmbedding(t)) + ConditionEmbedding(cond)`` (width ``n_hidden``); the trunk is a
     :class:`ResMLP` (``residual=True``) that adds ``emb`` at its input and, with ``film``, modulates every block
