@@ -42,6 +42,10 @@ from ._calibration import nb_cdf as nb_cdf
 from ._calibration import randomized_pit as randomized_pit
 from ._calibration import reliability_curve as reliability_curve
 from ._calibration import sample_cdf as sample_cdf
+from ._disentanglement import DCI as DCI
+from ._disentanglement import MIGDetails as MIGDetails
+from ._disentanglement import dci as dci
+from ._disentanglement import mig as mig
 from ._energy_mmd import MMD_FACTORS as MMD_FACTORS
 from ._energy_mmd import energy_distance as energy_distance
 from ._energy_mmd import median_distance as median_distance

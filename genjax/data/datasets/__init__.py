@@ -7,10 +7,13 @@
 * :func:`synthetic_counts`: single-cell-like NB counts with known mean proportions per cell type and known
   per-gene inverse dispersions.
 * :func:`toy_bulk`: bulk-like NB counts with known tissue, disease and batch effects.
+* :func:`factor_counts`: NB counts driven by known independent discrete factors, one gene programme each (for
+  disentanglement metrics).
 """
 
 from ._bundled import data_path as data_path
 from ._bundled import pbmc3k as pbmc3k
 from ._bundled import perturbench_devel as perturbench_devel
+from ._synthetic import factor_counts as factor_counts
 from ._synthetic import synthetic_counts as synthetic_counts
 from ._synthetic import toy_bulk as toy_bulk

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["synthetic_counts", "toy_bulk"]
+__all__ = ["synthetic_counts", "toy_bulk", "factor_counts"]
 
 
 def _nb(rng: np.random.Generator, mu: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -190,4 +190,112 @@ def toy_bulk(
                           "tissue_fraction": tissue_fraction, "disease_sd": disease_sd,
                           "disease_fraction": disease_fraction, "batch_sd": batch_sd, "theta": theta,
                           "seed": seed, "tissues": tissues, "diseases": diseases, "batches": batches}
+    return adata
+
+
+def factor_counts(
+    n_cells: int = 2000,
+    n_genes: int = 500,
+    n_factors: int = 4,
+    *,
+    levels: int | Sequence[int] = 5,
+    program_size: int | None = None,
+    effect_sd: float = 1.5,
+    library_size: float = 2000.0,
+    library_sd: float = 0.3,
+    expression_sd: float = 1.5,
+    theta_median: float = 5.0,
+    theta_sd: float = 0.5,
+    sparse: bool = True,
+    seed: int = 0,
+):
+    """NB counts driven by known independent discrete factors, each through its own gene program (for
+    disentanglement metrics: a correct latent has one dimension per factor).
+
+    Generative process (all parameters recorded in the result)::
+
+        v_ck ~ Uniform{0, ..., L_k - 1}, independent over factors k and cells c     the true factors
+        a_k(v) = v / (L_k - 1) - 1/2                                                 graded programme activity
+        log rho_c = normalise(b + sum_k a_k(v_ck) W_k)      b_g ~ N(0, expression_sd^2); W_kg ~ N(0, effect_sd^2)
+                                                            on programme k's genes, 0 elsewhere; sums to 1
+        log L_c ~ N(log library_size, library_sd^2)                                   library size, independent
+        theta_g ~ LogNormal(log theta_median, theta_sd^2)                            inverse dispersion
+        x_cg ~ NB(mu = L_c rho_cg, theta_g)
+
+    Programme ``k`` is a disjoint block of ``program_size`` genes (genes ``k * program_size`` onwards); the
+    remaining genes respond to no factor. Moving factor ``k`` from its lowest to its highest level changes the
+    log mean of programme gene ``g`` by ``W_kg`` (before the normalisation, which couples genes only through the
+    library share). How hard the factors are to read (defaults, 2000 cells, measured with :func:`genjax.metrics.dci`
+    and :func:`genjax.metrics.mig`): a linear classifier on the top 4 principal components of the log-normalised
+    counts predicts each 5-level factor with 0.87-0.95 held-out accuracy (chance 0.21-0.24), and the true programme
+    scores (log-normalised counts times ``W``, a disentangled latent) reach MIG 0.81 against 0.38 for the
+    principal components.
+
+    Arguments:
+        n_cells, n_genes: sizes.
+        n_factors: number of independent factors (each ``>= 2`` levels).
+        levels: levels per factor, one integer for all or one per factor.
+        program_size: genes per programme (default ``n_genes // (n_factors + 1)``, leaving a block of genes that
+            respond to no factor); ``n_factors * program_size <= n_genes``.
+        effect_sd: spread of the programme loadings ``W`` (log scale).
+        library_size, library_sd: median and log-scale spread of the expected total counts per cell.
+        expression_sd: spread of the gene base expression (log scale).
+        theta_median, theta_sd: median and log-scale spread of the per-gene inverse dispersion.
+        sparse: store ``X`` as CSR (default) or dense.
+        seed: integer seed.
+
+    Returns:
+        AnnData: ``X`` float32 counts (cells x genes); ``obs["factor_0"]``, ... ordered categoricals of the level
+        integers (the true factors; ``adata.obs[adata.uns["truth"]["factor_keys"]]`` is what
+        :func:`genjax.metrics.mig` takes), ``obs["true_library"]``; ``var["true_theta"]``, ``var["true_base"]``,
+        ``var["program"]`` (the factor whose programme holds the gene, ``-1`` for none); ``varm["true_loading"]``
+        (genes x factors) ``W``; ``uns["truth"]`` the settings, ``factor_keys`` and ``levels``.
+
+    Raises:
+        ValueError: non-positive sizes or scales, a factor with fewer than two levels, ``levels`` of the wrong
+            length, or programmes that do not fit in ``n_genes``.
+    """
+    import anndata as ad
+    import pandas as pd
+
+    _check_positive(n_cells=n_cells, n_genes=n_genes, n_factors=n_factors, effect_sd=effect_sd,
+                    library_size=library_size, theta_median=theta_median)
+    lv = [int(levels)] * n_factors if np.ndim(levels) == 0 else [int(v) for v in levels]
+    if len(lv) != n_factors:
+        raise ValueError(f"levels must be one integer or {n_factors} (n_factors) integers; got {levels!r}")
+    if min(lv) < 2:
+        raise ValueError(f"every factor needs at least 2 levels; got levels={lv}")
+    size = n_genes // (n_factors + 1) if program_size is None else int(program_size)
+    if size < 1 or n_factors * size > n_genes:
+        raise ValueError(f"program_size must be >= 1 with n_factors * program_size <= n_genes = {n_genes}; got "
+                         f"program_size={size}, n_factors={n_factors}")
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.0, expression_sd, n_genes)
+    program = np.full(n_genes, -1)
+    loading = np.zeros((n_factors, n_genes))
+    for k in range(n_factors):
+        block = slice(k * size, (k + 1) * size)
+        program[block] = k
+        loading[k, block] = rng.normal(0.0, effect_sd, size)
+    theta = np.exp(rng.normal(np.log(theta_median), theta_sd, n_genes))
+    values = np.stack([rng.integers(0, n, n_cells) for n in lv], axis=1)
+    activity = values / (np.asarray(lv) - 1.0) - 0.5
+    lib = np.exp(rng.normal(np.log(library_size), library_sd, n_cells))
+    x = np.zeros((n_cells, n_genes), np.float32)
+    for start in range(0, n_cells, 4096):  # chunks bound the float64 temporaries
+        sl = slice(start, start + 4096)
+        logits = base[None] + activity[sl] @ loading
+        rho = np.exp(logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)))
+        x[sl] = _nb(rng, lib[sl, None] * rho, theta[None])
+    keys = [f"factor_{k}" for k in range(n_factors)]
+    obs = pd.DataFrame({key: pd.Categorical(values[:, k], categories=range(lv[k]), ordered=True)
+                        for k, key in enumerate(keys)}, index=[f"cell_{i}" for i in range(n_cells)])
+    obs["true_library"] = lib.astype(np.float32)
+    var = pd.DataFrame({"true_theta": theta.astype(np.float32), "true_base": base.astype(np.float32),
+                        "program": program}, index=[f"gene_{g}" for g in range(n_genes)])
+    adata = ad.AnnData(X=sp.csr_matrix(x) if sparse else x, obs=obs, var=var)
+    adata.varm["true_loading"] = loading.T
+    adata.uns["truth"] = {"factor_keys": keys, "levels": lv, "program_size": size, "effect_sd": effect_sd,
+                          "library_size": library_size, "library_sd": library_sd, "expression_sd": expression_sd,
+                          "theta_median": theta_median, "theta_sd": theta_sd, "seed": seed}
     return adata
