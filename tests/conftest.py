@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GENJAX_NO_COMPILATION_CACHE", "1")  # in-process CLI calls keep the test JAX config
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -12,6 +12,12 @@ from genjax.cli import main, stratified_split
 FAST = ["--vae-epochs", "3", "--prior-steps", "30", "--quiet"]
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    """In-process commands must not point this test process's JAX at a persistent cache."""
+    monkeypatch.setenv("GENJAX_NO_COMPILATION_CACHE", "1")
+
+
 @pytest.fixture(scope="module")
 def h5ad(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
@@ -32,6 +38,9 @@ def test_train_generate_evaluate(h5ad):
     assert main(["train", "--data", str(h5ad / "data.h5ad"), "--out", str(model), "--condition-key", "cell_type",
                  "--prior-clusters", "3", *FAST]) == 0
     assert (model / "model.json").is_file()
+    # the training checkpoints are removed after a successful run (no --keep-checkpoints): nothing beside the model
+    assert sorted(p.name for p in h5ad.iterdir() if p.name.startswith("model")) == ["model"]
+    assert not (model / "checkpoints").exists() and (model / "train.json").is_file()
     assert genjax.LatentGenerator.load(model).prior_model.config()["net"]["n_categories"] == [3, 3]  # type, cluster
     out = h5ad / "gen.h5ad"
     assert main(["generate", "--model", str(model), "--n", "40", "--out", str(out),

@@ -328,7 +328,7 @@ def test_cli_refuses_unreadable_inputs_and_unwritable_outputs_before_training(h5
 
 def test_cli_resume_mismatch_is_a_one_line_usage_error_and_restart_keeps_the_old_run(h5ad, capsys):
     base = ["train", "--data", str(h5ad / "data.h5ad"), "--out", str(h5ad / "model"), "--vae-epochs", "1",
-            "--prior-steps", "4", "--quiet"]
+            "--prior-steps", "4", "--quiet", "--keep-checkpoints"]
     assert cli(base) == 0
     capsys.readouterr()
     assert cli([*base, "--resume"]) == 0  # a successful resume is quiet: no tracebacks from background threads
@@ -340,7 +340,7 @@ def test_cli_resume_mismatch_is_a_one_line_usage_error_and_restart_keeps_the_old
     assert cli([*base, "--likelihood", "zinb"]) == 2  # neither --resume nor --restart: refused
     assert "already holds the checkpoints" in capsys.readouterr().err
     assert cli([*base, "--likelihood", "zinb", "--restart"]) == 0
-    assert any(p.name.startswith("vae.replaced-") for p in (h5ad / "model.ckpt").iterdir())
+    assert any(p.name.startswith("vae.replaced-") for p in (h5ad / "model" / "checkpoints").iterdir())
     assert "Traceback" not in capsys.readouterr().err
 
 

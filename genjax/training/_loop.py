@@ -332,7 +332,8 @@ def _start(setup: _Setup, state: TrainState, checkpoints: _Checkpoints, resume: 
 def _train(setup: _Setup, run: _Run, checkpoints: _Checkpoints, description: str) -> _Run:
     """Run epochs until the step budget or the epochs are spent or early stopping says stop."""
     clock = _Clock(run.elapsed, time.perf_counter())
-    bar = ProgressBar(setup.total_steps, run.step, description, setup.config.progress)
+    bar = ProgressBar(setup.total_steps, run.step, description, setup.config.progress,
+                      n_epochs=setup.n_epochs if setup.config.max_steps is None else None)
     try:
         while run.part.epoch < setup.n_epochs and not run.stop and run.step < setup.total_steps:
             run = _run_epoch(setup, run, checkpoints, bar, clock)

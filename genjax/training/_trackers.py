@@ -5,14 +5,17 @@
 * :class:`CheckpointCadence`: when the loop saves (every so many epochs, every so many steps mid-epoch);
 * :class:`PartialEpoch`: the position within the epoch in progress and the running metric sums of its steps
   (what a mid-epoch checkpoint records so that a resumed run reproduces the epoch's history record);
-* :class:`ProgressBar`: the tqdm bar, which reads each dispatch's loss one dispatch late.
+* :class:`ProgressBar`: the progress of a run (a tqdm bar on a terminal, lines in a log), with an ETA measured
+  after the first dispatch (which compiles), reading each dispatch's loss one dispatch late.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -126,42 +129,180 @@ class PartialEpoch(NamedTuple):
 
 
 class ProgressBar:
-    """The tqdm progress bar of a run, with the running loss and the epoch.
+    """The progress of a run: a tqdm bar on a terminal or in a notebook, progress lines in a log.
 
-    A dispatch is reported one dispatch late: :meth:`dispatched` shows the previous dispatch's loss (reading it
-    is a device sync, on a dispatch that has finished or nearly so) while the new one runs, and keeps the new
-    one's loss for the next call.
+    * **ETA without compilation.** The first dispatch of a run includes the compilation of its step (seconds on a
+      CPU, against milliseconds per step after it), so the rate is measured from the end of the first dispatch:
+      ``rate = (n - n1) / (t - t1 - v)`` where ``n1`` steps were done at time ``t1``, when the first dispatch
+      was seen to have finished, and ``v`` is the time of the first validation (which compiles the evaluation
+      step); ``ETA = (total - n) / rate``. Until a second dispatch has finished no ETA is shown.
+    * **Steps or epochs.** A run whose budget is a number of epochs shows ``epoch e/E``; a run budgeted in steps
+      (``max_steps``, e.g. a latent prior, whose "epochs" are passes over a few hundred points) shows its steps
+      only.
+    * **Terminals and logs.** On an interactive stream (a TTY, or a Jupyter kernel) a tqdm bar is redrawn in
+      place; otherwise (a log file, a pipe, a batch job) one line is written each time the run passes another
+      ``line_fraction`` of its steps or ``line_seconds`` after the previous line, and one at the end, so a log
+      gets a few lines per run instead of a carriage-return update per step.
+
+    A dispatch is reported one dispatch late: :meth:`dispatched` reads the previous dispatch's loss (a device
+    sync, on a dispatch that has finished or nearly so) while the new one runs, and keeps the new one's loss for
+    the next call.
 
     Arguments:
         total: optimizer steps of the whole run.
         initial: steps already taken (a resumed run).
-        description: the bar's label.
-        enabled: show the bar (``TrainConfig.progress``).
+        description: the run's label (``"VAE"``, ``"prior"``).
+        enabled: show progress at all (``TrainConfig.progress``).
+        n_epochs: the run's epochs when its budget is in epochs (shown as ``epoch e/E``); ``None`` for a run
+            budgeted in steps (no epoch shown).
+        stream: where to write (default ``sys.stderr`` at construction).
+        interactive: draw a redrawn bar (``True``) or write lines (``False``); default: whether ``stream`` is a
+            TTY or the code runs in a Jupyter kernel.
+        line_fraction, line_seconds: the cadence of progress lines on a non-interactive stream.
+        clock: the time source in seconds (``time.perf_counter``; replaceable in tests).
     """
 
-    def __init__(self, total: int, initial: int, description: str, enabled: bool):
-        self._bar = tqdm(total=total, initial=initial, desc=description, disable=not enabled, unit="step",
-                         dynamic_ncols=True, leave=False)
+    def __init__(self, total: int, initial: int, description: str, enabled: bool, *, n_epochs: int | None = None,
+                 stream: Any = None, interactive: bool | None = None, line_fraction: float = 0.1,
+                 line_seconds: float = 30.0, clock: Callable[[], float] = time.perf_counter):
+        self.total, self.n, self.description, self.enabled = int(total), int(initial), description, bool(enabled)
+        self.n_epochs = n_epochs
+        self._stream = sys.stderr if stream is None else stream
+        self._interactive = _is_interactive(self._stream) if interactive is None else bool(interactive)
+        self._line_fraction, self._line_seconds, self._clock = float(line_fraction), float(line_seconds), clock
         self._pending = None  # (steps, mean loss on the device) of the last dispatch, not yet shown
+        self._first: tuple[int, float] | None = None  # (steps done, time) when the first dispatch had finished
+        self._start = clock()
+        self._last_line: tuple[int, float] = (self.n, self._start)  # (steps, time) of the last progress line
+        self._shown: dict[str, float] = {}  # the latest loss / val_loss
+        self._epoch: int | None = None
+        self._flushed_at: float | None = None  # when the epoch's last dispatch was counted
+        self._excluded = 0.0  # seconds of the first validation (its compilation), left out of the rate
+        self._validated = False
+        self._bar = None
+        if self.enabled and self._interactive:
+            self._bar = tqdm(total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True,
+                             leave=False, file=self._stream,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+    # -- what the loop reports -----------------------------------------------------------------------------------
 
     def dispatched(self, steps: int, loss_sum, epoch: int) -> None:
         """A dispatch of ``steps`` steps with summed loss ``loss_sum`` (device scalar) of ``epoch`` started."""
+        if not self.enabled:
+            return
         if self._pending is not None:
-            self._bar.update(self._pending[0])
-            self._bar.set_postfix(loss=f"{float(self._pending[1]):.4g}", epoch=epoch, refresh=False)
+            loss = float(self._pending[1])  # the previous dispatch has finished once its loss is read
+            self._advance(self._pending[0])
+            self._shown["loss"] = loss
+        self._epoch = epoch
         self._pending = (steps, loss_sum / steps)
+        self._show()
 
     def flush(self) -> None:
         """Count the last dispatch's steps (its loss is not read: the epoch record shows the epoch's mean)."""
-        if self._pending is not None:
-            self._bar.update(self._pending[0])
+        if self._pending is not None and self.enabled:
+            self._advance(self._pending[0])
+            self._show()
         self._pending = None
+        self._flushed_at = self._clock()
 
     def epoch_done(self, record: dict) -> None:
         """Show the ended epoch's mean loss (and validation loss) from its history ``record``."""
-        self._bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "val_loss")}
-                              | {"epoch": record["epoch"]}, refresh=True)
+        if not self.enabled:
+            return
+        if "val_loss" in record and not self._validated and self._flushed_at is not None:
+            self._excluded += self._clock() - self._flushed_at  # the first validation compiles its step
+            self._validated = True
+        self._shown.update({k: float(v) for k, v in record.items() if k in ("loss", "val_loss")})
+        self._epoch = int(record["epoch"])
+        self._show()
 
     def close(self) -> None:
-        """Close the bar."""
-        self._bar.close()
+        """Close the bar, or write the run's last line (its steps, time and final losses)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self.enabled and not self._interactive and self._last_line[0] != self.n:
+            self._line(final=True)
+        self.enabled = False
+
+    # -- rate and text ---------------------------------------------------------------------------------------------
+
+    def _advance(self, steps: int) -> None:
+        self.n += steps
+        if self._first is None:  # the first dispatch (with the compilation) is over now
+            self._first = (self.n, self._clock())
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def rate(self) -> float | None:
+        """Steps per second since the first dispatch finished (``None`` until a later dispatch finished)."""
+        if self._first is None or self.n <= self._first[0]:
+            return None
+        dt = self._clock() - self._first[1] - self._excluded
+        return (self.n - self._first[0]) / dt if dt > 0 else None
+
+    def eta(self) -> float | None:
+        """Seconds left at the current :meth:`rate` (``None`` while it is unknown)."""
+        rate = self.rate()
+        return None if rate is None else max(self.total - self.n, 0) / rate
+
+    def status(self) -> str:
+        """The run's state in words: rate, ETA, losses and epoch (no step counts)."""
+        parts = []
+        rate, eta = self.rate(), self.eta()
+        if rate is not None:
+            parts.append(f"{rate:.3g} steps/s, ETA {_duration(eta)}")
+        elif self._first is None and self.n < self.total:
+            parts.append("compiling")
+        parts += [f"{k} {v:.4g}" for k, v in self._shown.items()]
+        if self.n_epochs is not None and self._epoch is not None:
+            parts.append(f"epoch {min(self._epoch + 1, self.n_epochs)}/{self.n_epochs}")
+        return ", ".join(parts)
+
+    def _show(self) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.status(), refresh=True)
+            return
+        if self._interactive:
+            return
+        last_n, last_t = self._last_line
+        stride = max(1, math.ceil(self._line_fraction * self.total))
+        if self.n > last_n and (self.n // stride > last_n // stride or self._clock() - last_t >= self._line_seconds):
+            self._line()
+
+    def _line(self, final: bool = False) -> None:
+        now = self._clock()
+        pct = 100.0 * self.n / self.total if self.total else 100.0
+        if final:
+            text = f"{self.description}: {self.n}/{self.total} steps in {_duration(now - self._start)}"
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in self._shown.items())
+            text += f" ({losses})" if losses else ""
+        else:
+            text = f"{self.description}: step {self.n}/{self.total} ({pct:.0f}%)"
+            status = self.status()
+            text += f", {status}" if status else ""
+        print(f"[genjax {time.strftime('%H:%M:%S')}] {text}", file=self._stream, flush=True)
+        self._last_line = (self.n, now)
+
+
+def _duration(seconds: float) -> str:
+    """``"4.2 s"``, ``"12:05"`` (min:s) or ``"3:02:10"`` (h:min:s)."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _is_interactive(stream) -> bool:
+    """Whether ``stream`` is a terminal, or the code runs in a Jupyter kernel (where tqdm draws a widget)."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        pass
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
