@@ -28,6 +28,7 @@ FIGURES = {
     "data_parallel": ["training.png"],
     "perturbation": ["logfc.png", "energy.png", "interaction.png"],
     "hybrid_uncertainty": ["reliability.png", "coverage.png"],
+    "scvi_users": ["latent.png", "de.png", "expression.png", "training.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -85,7 +86,8 @@ def _check_outputs(out: Path, name: str, returned: dict | None = None) -> dict:
 
 
 @pytest.mark.parametrize("name", ["sde_basics", "likelihoods", "pbmc3k_cvae_nb", "gene_expression_diffusion",
-                                  "flow_matching", "data_parallel", "perturbation", "hybrid_uncertainty"])
+                                  "flow_matching", "data_parallel", "perturbation", "hybrid_uncertainty",
+                                  "scvi_users"])
 def test_example_smoke(name, tmp_path, fast_compile, capsys):
     module = _load(name)
     out = tmp_path / name
@@ -101,6 +103,8 @@ def test_example_smoke(name, tmp_path, fast_compile, capsys):
             assert {"genjax compositional", "genjax scgen", "baseline no_change"} <= set(methods), methods
         assert "baseline additive" in summary["doubles"]["methods"]
         assert "baseline mean_delta" in summary["heldout_type"]["methods"]
+    if name == "scvi_users":  # the query mapped by genjax, beside the PCA baseline of the same cells
+        assert set(summary["mapping"]) == {"genjax", "pca"}
     if name == "hybrid_uncertainty":  # the hybrid beside the calibration baselines, every score present
         assert set(summary["methods"]) == {"hybrid", "predictor + NB (control dispersions)", "no change (controls)"}
         assert all(0.0 <= m["pit_in_0.05_0.95"] <= 1.0 and m["crps"] > 0 for m in summary["methods"].values())

@@ -216,5 +216,5 @@ def generated_obs(registry: DataRegistry, cat: np.ndarray, cont: np.ndarray | No
     if cont is not None:
         for j, (key, (mu, sd)) in enumerate(registry.continuous.items()):
             obs[key] = cont[:, j] * sd + mu
-    obs["library_size"] = np.rint(np.exp(np.asarray(log_lib, np.float64))).astype(np.float32)
+    obs["library_size"] = np.rint(np.exp(np.asarray(log_lib, np.float64))).astype(np.int64)
     return obs

@@ -460,7 +460,7 @@ class HybridModel(SavedModel):
             counts.append(x)
             means.append(mu)
             obs.append(pd.DataFrame({**{k: [v] * n for k, v in zip(self.keys, c, strict=True)},
-                                     "library_size": np.rint(np.exp(log_lib.astype(np.float64)))}))
+                                     "library_size": np.rint(np.exp(log_lib.astype(np.float64))).astype(np.int64)}))
         obs = pd.concat(obs, ignore_index=True)
         obs.index = pd.Index([f"hybrid-{i}" for i in range(len(obs))])
         out = ad.AnnData(X=np.concatenate(counts), obs=obs, var=pd.DataFrame(index=self.var_names))

@@ -366,7 +366,7 @@ class PerturbationModel(SavedModel):
         obs[self.spec.key] = canonical
         for k in self.spec.covariate_keys:
             obs[k] = source.obs[k].astype(str).to_numpy()[rows]
-        obs["library_size"] = np.rint(np.exp(moved[:, -1].astype(np.float64))).astype(np.float32)
+        obs["library_size"] = np.rint(np.exp(moved[:, -1].astype(np.float64))).astype(np.int64)
         out = ad.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=self.var_names))
         out.layers["mean"] = mean
         out.uns["perturbation_rule"] = rules
