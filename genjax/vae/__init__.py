@@ -16,11 +16,13 @@ from ._module import VAEModule as VAEModule
 from ._module import check_vae_module as check_vae_module
 from ._noise import draw_noise as draw_noise
 from ._noise import normal_from_bits as normal_from_bits
+from ._objective import VAE_OBJECTIVES as VAE_OBJECTIVES
 from ._objective import gaussian_kl as gaussian_kl
 from ._objective import make_vae_eval_loss as make_vae_eval_loss
 from ._objective import make_vae_loss as make_vae_loss
 from ._objective import vae_elbo_terms as vae_elbo_terms
 from ._objective import vae_iwae_log_likelihood as vae_iwae_log_likelihood
+from ._objective import vae_iwae_log_weights as vae_iwae_log_weights
 from ._objective import vae_kl_weight as vae_kl_weight
 from ._objective import vae_reconstruction_log_lik as vae_reconstruction_log_lik
 from ._observation import OBSERVATION_MODELS as OBSERVATION_MODELS
