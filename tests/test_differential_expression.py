@@ -40,7 +40,7 @@ def test_vanilla_mode_by_hand():
 
 
 def test_change_mode_by_hand():
-    res = change_mode_test(S1, S2, delta=1.0, pseudocounts=0.0)
+    res = change_mode_test(S1, S2, delta=1.0, pseudocounts=0.0, test_mode="two")
     # |r| >= 1: gene 0 all four samples; gene 1 samples 1 and 3
     np.testing.assert_allclose(res["proba_de"], [1.0, 0.5])
     np.testing.assert_allclose(res["proba_not_de"], [0.0, 0.5])
@@ -52,19 +52,21 @@ def test_change_mode_by_hand():
     np.testing.assert_allclose(res["lfc_min"], [-1.0, -2.0])
     np.testing.assert_allclose(res["lfc_max"], [3.0, 0.0])
     np.testing.assert_allclose(res["scale1"], [0.375, 0.15])
-    # "three": the more probable tail: gene 0 max(P(r >= 1) = 3/4, P(r <= -1) = 1/4); gene 1 max(0, 2/4)
-    three = change_mode_test(S1, S2, delta=1.0, test_mode="three")
+    # "three" (the default): the more probable tail: gene 0 max(P(r >= 1) = 3/4, P(r <= -1) = 1/4); gene 1
+    # max(0, 2/4)
+    three = change_mode_test(S1, S2, delta=1.0)
     np.testing.assert_allclose(three["proba_de"], [0.75, 0.5])
+    np.testing.assert_allclose(three["lfc_mean"], res["lfc_mean"])
     # delta = 0 counts every sample; delta above every |r| none
-    np.testing.assert_allclose(change_mode_test(S1, S2, delta=0.0)["proba_de"], [1.0, 1.0])
-    np.testing.assert_allclose(change_mode_test(S1, S2, delta=3.5)["proba_de"], [0.0, 0.0])
+    np.testing.assert_allclose(change_mode_test(S1, S2, delta=0.0, test_mode="two")["proba_de"], [1.0, 1.0])
+    np.testing.assert_allclose(change_mode_test(S1, S2, delta=3.5, test_mode="two")["proba_de"], [0.0, 0.0])
 
 
 def test_pseudocounts_enter_both_sides():
     np.testing.assert_allclose(log_fold_changes([[0.3]], [[0.1]], 0.1), [[1.0]])  # log2(0.4 / 0.2)
     np.testing.assert_allclose(log_fold_changes([[0.0]], [[0.3]], 0.1), [[-2.0]])  # log2(0.1 / 0.4)
     # a large pseudocount shrinks every fold change towards 0
-    big = change_mode_test(S1, S2, delta=0.5, pseudocounts=10.0)
+    big = change_mode_test(S1, S2, delta=0.5, pseudocounts=10.0, test_mode="two")
     assert np.all(np.abs(big["lfc_max"]) < 0.1) and np.all(big["proba_de"] == 0)
 
 
@@ -75,13 +77,13 @@ def test_change_mode_matches_the_gaussian_closed_form():
     s1 = np.exp(m1 + s * rng.standard_normal((n, 3)))
     s2 = np.exp(m2 + s * rng.standard_normal((n, 3)))
     delta = 0.5
-    res = change_mode_test(s1, s2, delta=delta)
+    res = change_mode_test(s1, s2, delta=delta, test_mode="two")
     loc, scale = (m1 - m2) / math.log(2), math.sqrt(2) * s / math.log(2)
     expected = stats.norm.sf(delta, loc, scale) + stats.norm.cdf(-delta, loc, scale)
     np.testing.assert_allclose(res["proba_de"], expected, atol=4e-3)
     np.testing.assert_allclose(res["lfc_mean"], loc, atol=5e-3)
     np.testing.assert_allclose(res["lfc_std"], scale, rtol=5e-3)
-    three = change_mode_test(s1, s2, delta=delta, test_mode="three")
+    three = change_mode_test(s1, s2, delta=delta)
     np.testing.assert_allclose(three["proba_de"], np.maximum(stats.norm.sf(delta, loc, scale),
                                                              stats.norm.cdf(-delta, loc, scale)), atol=4e-3)
     # vanilla: P(rho1 > rho2) = Phi((m1 - m2) / (sqrt 2 s))
@@ -118,9 +120,11 @@ def test_estimate_pseudocounts_by_hand():
     s1 = np.array([[0.1, 0.2, 0.01, 0.03], [0.3, 0.1, 0.02, 0.05]])
     s2 = np.array([[0.1, 0.2, 0.004, 0.5], [0.3, 0.1, 0.001, 0.4]])
     # group 1 leaves genes 2 and 3 unexpressed: maxima 0.02, 0.05; 0.9 quantile 0.02 + 0.9 * 0.03 = 0.047
-    # group 2 leaves gene 2: maximum 0.004. The pseudocount is the larger value
+    # group 2 leaves gene 2: maximum 0.004. The pseudocount is the larger value over the 4 genes
     c = estimate_pseudocounts(s1, s2, np.array([False, False, True, True]), np.array([False, False, True, False]))
-    assert c == pytest.approx(0.047)
+    assert c == pytest.approx(0.047 / 4)
+    c = estimate_pseudocounts(s1, s2, np.array([False, False, True, False]), np.array([False, False, True, True]))
+    assert c == pytest.approx(0.4504 / 4)  # group 2's 0.9 quantile of 0.004 and 0.5: 0.004 + 0.9 * 0.496
     # no unexpressed gene anywhere: the floor
     assert estimate_pseudocounts(s1, s2, np.zeros(4, bool), np.zeros(4, bool)) == pytest.approx(1e-10)
 
@@ -250,6 +254,11 @@ def test_vanilla_mode_and_estimated_delta(trained):
     flat = differential_expression(model, groupby="group", group1="A", pseudocounts=1.0, n_samples=100)
     assert (flat["pseudocounts"] == 1.0).all() and (flat["proba_de"] == 0).all()
     assert not flat["is_de_fdr_0.05"].any()
+    # the same draws (same seed) under both events: "two" counts both tails, "three" only the more probable one
+    kw = dict(groupby="group", group1="A", batch_correction=True, n_samples=100, seed=3)
+    two, three = (differential_expression(model, test_mode=t, **kw) for t in ("two", "three"))
+    np.testing.assert_allclose(two.loc[three.index, "lfc_mean"], three["lfc_mean"])
+    assert np.all(two.loc[three.index, "proba_de"].to_numpy() >= three["proba_de"].to_numpy())
     # a list of groups: one comparison each against the rest, concatenated
     both = differential_expression(model, groupby="group", group1=["A", "B"], mode="vanilla", n_samples=100,
                                    all_stats=False)
