@@ -159,12 +159,14 @@ class VAE(SavedModel):
             ``adata``.
 
     Attributes:
-        config: the :class:`~genjax.models.VAEConfig` (``options`` is it as a dict); module: the Flax
-        :class:`~genjax.vae.VAEModule`; params: its parameters; registry: the
-        :class:`~genjax.data.DataRegistry` (genes, categories, covariate statistics); history: the
-        :class:`~genjax.models.TrainingHistory` of the last :meth:`fit`: per-epoch records (``len``, ``h[-1]["loss"]``,
-        iteration; ``loss``, ``rec``, ``kl_z``, ``val_loss``, ``val_elbo``, ...) that also read as scvi-tools' dict
-        of DataFrames (``h["elbo_train"]``, ``h["elbo_validation"]``, ...); batch_key, labels_key: as given.
+        config: the :class:`~genjax.models.VAEConfig` (``options`` is it as a dict).
+        module: the Flax :class:`~genjax.vae.VAEModule`.
+        params: its parameters.
+        registry: the :class:`~genjax.data.DataRegistry` (genes, categories, covariate statistics).
+        history: the :class:`~genjax.models.TrainingHistory` of the last :meth:`fit`: per-epoch records (``len``,
+            ``h[-1]["loss"]``, iteration; ``loss``, ``rec``, ``kl_z``, ``val_loss``, ``val_elbo``, ...) that also
+            read as scvi-tools' dict of DataFrames (``h["elbo_train"]``, ``h["elbo_validation"]``, ...).
+        batch_key, labels_key: as given.
 
     scvi-tools vocabulary: :meth:`train` (:meth:`fit`), :meth:`get_latent_representation` (:meth:`latent`),
     :meth:`get_normalized_expression` (:meth:`normalized_expression`), :meth:`get_elbo` (:meth:`elbo`),
