@@ -265,3 +265,28 @@ def test_zero_frozen_updates_is_exact_for_signed_zeros():
     out = np.asarray(optax.apply_updates(params, upd)["w"])
     np.testing.assert_array_equal(_bits(out[:3]), _bits(params["w"][:3]))
     assert out[3] == -3.25
+
+
+def test_vae_fit_trainable_mask_freezes_exactly(data):
+    """``VAE.fit(trainable=...)``: the decoder frozen, the encoders trained; frozen leaves bit-identical, trained
+    ones moved; a mask of the wrong structure, shape or dtype is named before any compute."""
+    model = genjax.VAE(data[1], **MODEL)
+    before = jax.tree.map(np.asarray, model.params)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda path, p: np.bool_("decoder" not in jax.tree_util.keystr(path)), model.params)
+    model.fit(max_epochs=2, batch_size=64, train_size=1.0, progress=False, trainable=mask)
+    after = jax.tree.map(np.asarray, model.params)
+    moved = jax.tree_util.tree_map_with_path(
+        lambda path, a, b: ("decoder" in jax.tree_util.keystr(path), bool(np.any(_bits(a) != _bits(b)))),
+        before, after)
+    flags = jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple))
+    assert any(not frozen and changed for frozen, changed in flags)
+    assert not any(frozen and changed for frozen, changed in flags)
+    bad_dtype = jax.tree.map(lambda p: np.ones(np.shape(p), np.float32), model.params)
+    with pytest.raises(ValueError, match="dtype float32"):
+        model.fit(max_epochs=1, progress=False, trainable=bad_dtype)
+    bad_shape = jax.tree.map(lambda p: np.ones(np.shape(p) + (2,), bool), model.params)
+    with pytest.raises(ValueError, match="not broadcastable"):
+        model.fit(max_epochs=1, progress=False, trainable=bad_shape)
+    with pytest.raises(ValueError, match="structure"):
+        model.fit(max_epochs=1, progress=False, trainable={"params": {}})

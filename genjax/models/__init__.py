@@ -25,6 +25,7 @@
   :data:`BASELINES`.
 """
 
+from ..training import zero_frozen_updates as zero_frozen_updates
 from ._base import NoMatchingCellsError as NoMatchingCellsError
 from ._base import SavedModel as SavedModel
 from ._base import TrainingCells as TrainingCells
@@ -76,7 +77,6 @@ from ._perturbation_response import LatentResponse as LatentResponse
 from ._query import QUERY_INITS as QUERY_INITS
 from ._query import QueryVAE as QueryVAE
 from ._query import load_query_data as load_query_data
-from ._query import zero_frozen_updates as zero_frozen_updates
 from ._vae import VAE as VAE
 from ._vae import VAEFunctions as VAEFunctions
 from ._vae_config import SCVI_LIKELIHOODS as SCVI_LIKELIHOODS

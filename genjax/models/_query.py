@@ -40,21 +40,18 @@ from pathlib import Path
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
-from .._checks import check_choice, check_int, check_range
+from .._checks import check_choice
 from .._typing import Params
-from ..data import DataRegistry, HostSource, get_matrix, split_indices
-from ..training import TrainingDivergedError, json_digest, save_pytree, tree_digest
-from ..training import fit as run_fit
-from ..vae import dummy_batch, make_vae_eval_loss, make_vae_loss
+from ..data import DataRegistry
+from ..training import TrainingDivergedError, json_digest, save_pytree
+from ..vae import dummy_batch
 from ._base import MODEL_FILE, TrainingCells, json_default, read_model_meta
-from ._vae import VAE, default_max_epochs
+from ._vae import VAE
 
-__all__ = ["QueryVAE", "load_query_data", "zero_frozen_updates", "QUERY_INITS"]
+__all__ = ["QueryVAE", "load_query_data", "QUERY_INITS"]
 
 QueryInit = Literal["mean", "zeros"]
 QUERY_INITS = ("mean", "zeros")
@@ -62,41 +59,6 @@ QUERY_INITS = ("mean", "zeros")
 
 FIRST_LAYER = ("dense_0", "cov_0")  # the first layer of a CovariateMLP: data weights and condition terms
 TRUNKS = ("z_encoder", "l_encoder", "decoder")  # the module's CovariateMLPs
-
-
-def zero_frozen_updates(trainable: Params) -> optax.GradientTransformation:
-    """An optax transformation that lets updates through where ``trainable`` is True and makes them ``-0.0``
-    elsewhere; chain it last (``optax.chain(optax.adam(lr), zero_frozen_updates(mask))``).
-
-    ``-0.0`` rather than ``0.0``: ``p + (-0.0)`` is ``p`` bit for bit for every float, including ``p = -0.0``
-    (``-0.0 + 0.0`` would give ``+0.0``), so :func:`optax.apply_updates` leaves frozen entries bit-identical.
-    Optimizer state (Adam moments) is still kept for every entry; only the applied update is masked.
-
-    Arguments:
-        trainable: a pytree with the structure of the parameters whose leaves are booleans or boolean arrays
-            broadcastable to the parameter's shape (element-wise masks: e.g. only some rows of a table).
-
-    Returns:
-        An ``optax.GradientTransformation`` with an empty state.
-    """
-    masks = jax.tree.map(np.asarray, trainable)
-
-    def mask_one(u, m):
-        if m.all():
-            return u
-        if not m.any():
-            return jnp.full_like(u, -0.0)
-        return jnp.where(m, u, jnp.asarray(-0.0, u.dtype))
-
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(mask_one, updates, masks), state
-
-    return optax.GradientTransformation(init, update)
 
 
 class QueryVAE(VAE):
@@ -166,27 +128,6 @@ class QueryVAE(VAE):
             TrainingDivergedError: a non-finite step; the model keeps the last finite parameters and the
                 history up to there.
         """
-        check_int("batch_size", batch_size)
-        check_int("patience", patience)
-        check_range("lr", lr, low=0.0, low_open=True)
-        check_range("eps", eps, low=0.0, low_open=True)
-        check_range("weight_decay", weight_decay, low=0.0)
-        check_range("beta", beta, low=0.0)
-        if kl_warmup_epochs is not None:
-            check_range("kl_warmup_epochs", kl_warmup_epochs, low=0.0)
-        if self.adata is None:
-            raise ValueError("this query model has no data; build it with load_query_data(adata, reference)")
-        n = self.adata.n_obs
-        max_epochs = default_max_epochs(n) if max_epochs is None else check_int("max_epochs", max_epochs)
-        train_idx, val_idx = split_indices(n, train_size, seed)
-        steps_per_epoch = max(1, len(train_idx) // min(batch_size, len(train_idx)))
-        warmup = int(round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs else None
-        optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, eps=eps),
-                                zero_frozen_updates(self.trainable))
-        fingerprint = {**self.fingerprint(), "stage": "query", "trainable": tree_digest(self.trainable),
-                       "query_categories": json_digest({k: list(v) for k, v in self.query_categories.items()}),
-                       "lr": lr, "eps": eps, "weight_decay": weight_decay, "kl_warmup_steps": warmup, "beta": beta,
-                       "train_size": train_size}
         before = list(self.history)
         first_epoch = int(before[-1].get("epoch", len(before) - 1)) + 1 if before else 0
 
@@ -194,33 +135,24 @@ class QueryVAE(VAE):
             return [{**r, "epoch": first_epoch + int(r.get("epoch", i)), "query_epoch": int(r.get("epoch", i)),
                      "stage": "query"} for i, r in enumerate(records)]
 
-        # the reference's objective (ELBO or IWAE-K) carries over to the query
-        objective = {"objective": self.config.objective, "n_importance": self.config.n_importance}
         try:
-            result = run_fit(
-                make_vae_loss(self.module, beta=beta, warmup_steps=warmup, **objective), self.params,
-                self._source(train_idx), optimizer=optimizer,
-                val_data=self._source(val_idx) if len(val_idx) else None,
-                eval_fn=make_vae_eval_loss(self.module, **objective), seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
-                restart=restart, fingerprint=fingerprint, devices=devices, description="VAE query",
-                max_epochs=max_epochs, batch_size=batch_size, early_stopping=early_stopping, patience=patience,
-                progress=progress, **train_config)
-        except TrainingDivergedError as err:
-            self.params = jax.tree.map(jnp.asarray, err.result.state.params)
-            self.history = before + marked(err.result.history)
+            super().fit(max_epochs, batch_size, lr=lr, eps=eps, weight_decay=weight_decay,
+                        kl_warmup_epochs=kl_warmup_epochs, beta=beta, train_size=train_size,
+                        early_stopping=early_stopping, patience=patience, checkpoint_dir=checkpoint_dir,
+                        resume=resume, restart=restart, seed=seed, progress=progress, devices=devices,
+                        trainable=self.trainable, **train_config)
+        except TrainingDivergedError:
+            self.history = before + marked(self.history)
             raise
-        self.params = jax.tree.map(jnp.asarray, result.state.params)
-        self.history = before + marked(result.history)
-        self.train_indices, self.validation_indices = train_idx, val_idx
+        self.history = before + marked(self.history)
         return list(self.history)
 
-    def _source(self, rows: np.ndarray):
-        """Training data of the query cells ``rows`` for :func:`genjax.fit`: the model's own batches (validated,
-        in model gene order), whole for dense data, fetched per dispatch for sparse or backed data."""
-        rows = np.asarray(rows, np.int64)
-        if isinstance(get_matrix(self.adata, self.registry.layer), np.ndarray):
-            return self.batch(None, rows)
-        return HostSource(len(rows), lambda r: self.batch(None, rows[np.asarray(r, np.int64)]))
+    def fingerprint(self, data=None) -> dict:
+        """:meth:`genjax.VAE.fingerprint` plus the query stage and its new categories (so that a query run's
+        checkpoints are never resumed by a reference run on the same cells, or the other way round)."""
+        return {**super().fingerprint(data), "stage": "query",
+                "query_categories": json_digest({k: list(v) for k, v in self.query_categories.items()})}
+
 
 
 def load_query_data(

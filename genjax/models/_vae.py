@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from .._checks import check_choice, check_int, check_range
 from ..data import (
@@ -49,7 +50,7 @@ from ..data import (
     validate_counts,
 )
 from ..likelihoods import SMALL
-from ..training import TrainingDivergedError, json_digest, tree_digest
+from ..training import TrainingDivergedError, json_digest, tree_digest, zero_frozen_updates
 from ..training import fit as _fit
 from ..vae import (
     VAEModule,
@@ -322,6 +323,7 @@ class VAE(SavedModel):
         seed: int = 0,
         progress: bool = True,
         devices=None,
+        trainable=None,
         **train_config,
     ) -> list[dict]:
         """Train with :func:`genjax.fit` (jitted scanned steps, validation, early stopping, checkpoints, resume).
@@ -344,6 +346,10 @@ class VAE(SavedModel):
             seed: seed of the split, the data order and every random draw of the run.
             progress: tqdm progress bar with the running loss.
             devices: data-parallel training over devices (see :func:`genjax.fit`).
+            trainable: which parameter entries training may change: a pytree with the structure of ``params``
+                whose leaves are booleans or boolean arrays broadcastable to the parameter (``None``: all). Frozen
+                entries stay bit-identical (:func:`genjax.training.zero_frozen_updates`); the mask's digest joins
+                the run fingerprint.
             train_config: other :class:`genjax.TrainConfig` fields (``steps_per_dispatch``, ``ema_decay``, ...).
 
         Returns:
@@ -367,10 +373,14 @@ class VAE(SavedModel):
         steps_per_epoch = max(1, len(train_idx) // min(batch_size, len(train_idx)))
         warmup = int(round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs else None
         optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, eps=eps))
-        objective = {"objective": self.config.objective, "n_importance": self.config.n_importance}
-        loss_fn = make_vae_loss(self.module, beta=beta, warmup_steps=warmup, **objective)
         fingerprint = {**self.fingerprint(data), "lr": lr, "eps": eps, "weight_decay": weight_decay,
                        "kl_warmup_steps": warmup, "beta": beta, "train_size": train_size}
+        if trainable is not None:
+            _check_trainable(trainable, self.params)
+            optimizer = optax.chain(optimizer, zero_frozen_updates(trainable))
+            fingerprint["trainable"] = tree_digest(jax.tree.map(np.asarray, trainable))
+        objective = {"objective": self.config.objective, "n_importance": self.config.n_importance}
+        loss_fn = make_vae_loss(self.module, beta=beta, warmup_steps=warmup, **objective)
         try:
             result = _fit(
                 loss_fn, self.params, data.source(train_idx), optimizer=optimizer,
@@ -1113,6 +1123,34 @@ def _check_fit_args(*, max_epochs, batch_size, lr, eps, weight_decay, kl_warmup_
     check_range("train_size", train_size, low=0.0, high=1.0, low_open=True)
     if kl_warmup_epochs is not None:
         check_range("kl_warmup_epochs", kl_warmup_epochs, low=0.0)
+
+
+def _check_trainable(trainable, params) -> None:
+    """``trainable`` has the structure of ``params`` and boolean leaves broadcastable to each parameter.
+
+    Raises:
+        ValueError: naming the first parameter whose mask does not fit (or the structures' difference).
+    """
+    flat_p = traverse_util.flatten_dict(dict(params), sep="/")
+    try:
+        flat_m = traverse_util.flatten_dict(dict(trainable), sep="/")
+    except (TypeError, AttributeError) as err:
+        raise ValueError(f"trainable must be a nested dict with the structure of the parameters: {err}") from err
+    if set(flat_m) != set(flat_p):
+        missing, extra = sorted(set(flat_p) - set(flat_m)), sorted(set(flat_m) - set(flat_p))
+        raise ValueError(f"trainable does not have the structure of the parameters: missing {missing[:5]}, "
+                         f"unknown {extra[:5]}")
+    for name, p in flat_p.items():
+        m = np.asarray(flat_m[name])
+        if m.dtype != np.bool_:
+            raise ValueError(f"trainable[{name!r}] has dtype {m.dtype}; masks are booleans")
+        try:
+            fits = np.broadcast_shapes(m.shape, np.shape(p)) == np.shape(p)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"trainable[{name!r}] has shape {m.shape}, not broadcastable to the parameter's "
+                             f"{np.shape(p)}")
 
 
 def _prepare(adata, registry: DataRegistry, config: VAEConfig, *, training: bool = False) -> CountData:

@@ -8,7 +8,9 @@
   :class:`FieldFit`;
 * feeding data (``_feed.py``), data parallelism across devices and hosts (``_distributed.py``);
 * what protects a run: checkpoints with checksums (``_checkpoint.py``), run fingerprints (``_fingerprint.py``), the
-  folder lock (``_lock.py``), divergence detection (``_step.py``), atomic model saves (``_saving.py``).
+  folder lock (``_lock.py``), divergence detection (``_step.py``), atomic model saves (``_saving.py``);
+* frozen parameters (``_frozen.py``): :func:`zero_frozen_updates`, an optax mask that leaves frozen entries
+  bit-identical.
 """
 
 from ._checkpoint import CheckpointManager as CheckpointManager
@@ -24,6 +26,7 @@ from ._fit_field import FieldFit as FieldFit
 from ._fit_field import fit_field as fit_field
 from ._fit_field import fit_flow_model as fit_flow_model
 from ._fit_field import fit_score_model as fit_score_model
+from ._frozen import zero_frozen_updates as zero_frozen_updates
 from ._lock import CheckpointLockedError as CheckpointLockedError
 from ._lock import DirectoryLock as DirectoryLock
 from ._loop import TrainingDivergedError as TrainingDivergedError
