@@ -174,3 +174,22 @@ def test_dense_csr_and_backed_sources_give_identical_batches(rng, tmp_path):
     sub = csr.source(np.array([5, 6, 7]))
     np.testing.assert_array_equal(sub.fetch(np.array([2, 0])).x, x[[7, 5]])
     backed.file.close()
+
+
+def test_log1p_group_sums_matches_per_group_loop_dense_and_sparse():
+    """Chunked group sums == a direct per-group loop of normalize_log1p; -1 leaves cells out; sparse == dense."""
+
+    from genjax.data import log1p_group_sums, normalize_log1p
+
+    rng = np.random.default_rng(3)
+    X = rng.poisson(rng.gamma(0.5, 4.0, (37, 11))).astype(np.float32)
+    X[5] = 0  # an empty cell
+    groups = rng.integers(-1, 4, 37)
+    want = np.stack([normalize_log1p(X[groups == k]).astype(np.float64).sum(0) for k in range(4)])
+    for M in (X, sp.csr_matrix(X)):
+        got = log1p_group_sums(M, groups, 4, chunk_values=50)  # several chunks of 4 rows
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="group 4 is outside"):
+        log1p_group_sums(X, np.where(groups == 3, 4, groups), 4)
+    with pytest.raises(ValueError, match="groups has shape"):
+        log1p_group_sums(X, groups[:-1], 4)

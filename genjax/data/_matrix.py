@@ -246,3 +246,39 @@ def normalize_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
         return out.toarray().astype(np.float32)
     counts = np.asarray(counts, dtype=np.float32)
     return np.log1p(counts * scale[:, None].astype(np.float32)).astype(np.float32)
+
+
+def log1p_group_sums(X, groups: np.ndarray, n_groups: int, target_sum: float = 1e4, *,
+                     chunk_values: int = 1 << 22) -> np.ndarray:
+    """Per-group sums of log1p(counts normalised to ``target_sum``), read in row chunks so a sparse or backed
+    matrix is never densified whole.
+
+    Arguments:
+        X: ``(cells, genes)`` counts (numpy, scipy sparse or a backed matrix).
+        groups: ``(cells,)`` integer group of each cell in ``[0, n_groups)``; ``-1`` leaves the cell out.
+        n_groups: number of groups.
+        target_sum: total each cell is scaled to before ``log1p`` (:func:`normalize_log1p`).
+        chunk_values: cells x genes values normalised at a time (a few MiB of float32 by default).
+
+    Returns:
+        ``(n_groups, genes)`` float64 sums (divide by ``np.bincount(groups[groups >= 0], minlength=n_groups)``
+        for the group means).
+
+    Raises:
+        ValueError: ``groups`` of the wrong length or with a value outside ``[-1, n_groups)``.
+    """
+    groups = np.asarray(groups)
+    if groups.shape != (X.shape[0],):
+        raise ValueError(f"groups has shape {groups.shape}; expected ({X.shape[0]},), one per cell")
+    if groups.size and (groups.min() < -1 or groups.max() >= n_groups):
+        bad = groups[(groups < -1) | (groups >= n_groups)][0]
+        raise ValueError(f"group {bad} is outside [-1, {n_groups}) (n_groups={n_groups})")
+    out = np.zeros((n_groups, X.shape[1]), np.float64)
+    for start, block in row_chunks(X, chunk=max(1, chunk_values // max(1, X.shape[1]))):
+        g = groups[start:start + block.shape[0]]
+        keep = np.flatnonzero(g >= 0)
+        if not len(keep):
+            continue
+        ind = sp.csr_matrix((np.ones(len(keep)), (g[keep], keep)), shape=(n_groups, len(g)))
+        out += ind @ normalize_log1p(block, target_sum).astype(np.float64)
+    return out

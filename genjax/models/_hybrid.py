@@ -61,7 +61,7 @@ from ..data import (
     UnknownPerturbationError,
     dense,
     get_matrix,
-    normalize_log1p,
+    log1p_group_sums,
     row_sums,
     take_rows,
 )
@@ -762,18 +762,11 @@ def _decode_mean_theta(module, params, z, log_lib):
     return mu, theta
 
 
-def _condition_means(adata, layer, conditions: list[tuple[str, ...]], keys: list[tuple[str, ...]],
-                     chunk: int = 4096) -> np.ndarray:
+def _condition_means(adata, layer, conditions: list[tuple[str, ...]], keys: list[tuple[str, ...]]) -> np.ndarray:
     """float64 ``(len(keys), genes)`` mean log1p(CP10k) of the cells of each condition in ``keys`` (cells' tuples
-    in ``conditions``), read in row chunks so a condition's cells are never densified at once."""
-    X = get_matrix(adata, layer)
+    in ``conditions``; cells of other conditions are left out)."""
     index = {c: i for i, c in enumerate(keys)}
-    group = np.array([index.get(c, -1) for c in conditions])
-    sums = np.zeros((len(keys), X.shape[1]), np.float64)
-    for start in range(0, X.shape[0], chunk):
-        rows = np.arange(start, min(start + chunk, X.shape[0]))
-        g = group[rows]
-        block = normalize_log1p(np.asarray(dense(take_rows(X, rows)), np.float64))
-        np.add.at(sums, g[g >= 0], block[g >= 0])
+    group = np.array([index.get(c, -1) for c in conditions], np.int64)
+    sums = log1p_group_sums(get_matrix(adata, layer), group, len(keys))
     counts = np.bincount(group[group >= 0], minlength=len(keys))
     return sums / np.maximum(counts, 1)[:, None]

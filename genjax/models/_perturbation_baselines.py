@@ -32,10 +32,16 @@ import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 
 from .._checks import check_range
-from ..data import PerturbationSpec, UnknownPerturbationError, get_matrix, normalize_log1p, row_chunks
+from ..data import (
+    PerturbationSpec,
+    UnknownPerturbationError,
+    get_matrix,
+    log1p_group_sums,
+    normalize_log1p,
+    row_chunks,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -76,16 +82,6 @@ def _log1p_chunks(adata, layer: str | None, target_sum: float):
     X = get_matrix(adata, layer)
     for start, block in row_chunks(X, chunk=max(1, _CHUNK_VALUES // max(1, X.shape[1]))):
         yield start, normalize_log1p(block, target_sum)
-
-
-def _group_sums(adata, groups: np.ndarray, n_groups: int, layer, target_sum) -> np.ndarray:
-    """``(n_groups, genes)`` float64 sums of log1p(CP10k) over the cells of each group."""
-    out = np.zeros((n_groups, adata.n_vars), np.float64)
-    for start, block in _log1p_chunks(adata, layer, target_sum):
-        g = groups[start:start + block.shape[0]]
-        ind = sp.csr_matrix((np.ones(len(g)), (g, np.arange(len(g)))), shape=(n_groups, len(g)))
-        out += ind @ block.astype(np.float64)
-    return out
 
 
 def _cov_text(spec: PerturbationSpec, cov: tuple) -> str:
@@ -137,7 +133,7 @@ class PerturbationBaseline(abc.ABC):
         index = {k: i for i, k in enumerate(keys)}
         groups = np.fromiter((index[r] for r in rows), np.int64, len(rows))
         counts = np.bincount(groups, minlength=len(keys)).astype(np.int64)
-        sums = _group_sums(adata, groups, len(keys), self.layer, self.target_sum)
+        sums = log1p_group_sums(get_matrix(adata, self.layer), groups, len(keys), self.target_sum)
         self.stats = ConditionMeans(keys, sums / counts[:, None], counts, np.asarray(adata.var_names).astype(str))
         self._fit_statistics()
         return self
