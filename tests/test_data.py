@@ -193,3 +193,18 @@ def test_log1p_group_sums_matches_per_group_loop_dense_and_sparse():
         log1p_group_sums(X, np.where(groups == 3, 4, groups), 4)
     with pytest.raises(ValueError, match="groups has shape"):
         log1p_group_sums(X, groups[:-1], 4)
+
+
+def test_map_row_blocks_keeps_order_for_any_thread_count():
+    """Blocks come back in row order and cover every row once, serially and on threads alike."""
+    from genjax.data import map_row_blocks
+
+    def fn(rows):
+        return np.arange(100)[rows] ** 2
+
+    serial = map_row_blocks(fn, 100, block=7, workers=1)
+    threaded = map_row_blocks(fn, 100, block=7, workers=3)
+    assert len(serial) == 15
+    np.testing.assert_array_equal(np.concatenate(serial), np.arange(100) ** 2)
+    np.testing.assert_array_equal(np.concatenate(threaded), np.arange(100) ** 2)
+    assert map_row_blocks(fn, 0) == []

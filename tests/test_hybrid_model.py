@@ -167,3 +167,34 @@ def test_cli_trains_a_hybrid_model_and_writes_intervals(tmp_path, capsys):
     assert cli(predict) == 2 and "give --condition" in capsys.readouterr().err
     assert cli(predict + ["--condition", "cell_type=y", "--condition", "condition=A", "--interval", "1.5"]) == 2
     assert "--interval must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_choose_mean_weight_by_leaving_conditions_out(hybrid):
+    """The leave-one-condition-out weight: high for a predictor far off the observed means, 0 for one equal to
+    them (nothing to correct); the blend is never worse than either end (least squares on [0, 1]); sampling then
+    uses the chosen weight by default, and the intervals are recalibrated at it."""
+    data, train, hm = hybrid
+    cells = [tuple(r) for r in train.obs[KEYS].astype(str).to_numpy()]
+    means = genjax.models.MeanDelta(hm.predictor.spec).fit(train).stats
+    observed = {f"{t} | {p}": means.get(p, (t,)) for t, p in sorted(set(cells))}
+    observed["y | A+B"] = observed["x | A+B"]
+    rng = np.random.default_rng(0)
+    off = {k: v + rng.normal(0.0, 5.0, v.shape) for k, v in observed.items()}
+    far = genjax.HybridModel(train, pd.DataFrame(off, index=train.var_names).T, KEYS,
+                             vae_kwargs=dict(n_hidden=16, n_latent=4))
+    far.fit(max_epochs=2, batch_size=64, prior_steps=30, prior_kwargs=dict(n_hidden=32, n_layers=2),
+            progress=False, calibrate=False)
+    far.calibrate(train, n=20, levels=(0.5,), max_conditions=2)
+    choose = dict(max_conditions=1, min_cells=10, n=64, prior_steps=20)
+    got = far.choose_mean_weight(**choose)
+    assert got["weight"] > 0.5 and len(got["conditions"]) == 1
+    assert got["mse_blend"] <= min(got["mse_predictor"], got["mse_model"]) + 1e-12
+    target = ("y", "A+B")
+    np.testing.assert_array_equal(far.sample(target, 50, seed=2).X,
+                                  far.sample(target, 50, seed=2, mean_weight=got["weight"]).X)
+    assert far._calibrated_on[1]["max_conditions"] == 2 and 0.5 in far.calibration["quantiles"]  # recalibrated
+    far.predictor.table = {k: v.astype(np.float64) for k, v in observed.items()}  # now the observed means
+    exact = far.choose_mean_weight(**choose)
+    assert exact["weight"] == 0.0 and exact["mse_predictor"] < 1e-10
+    with pytest.raises(RuntimeError, match="no training condition"):
+        far.choose_mean_weight(min_cells=10**6)

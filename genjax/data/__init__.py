@@ -1,8 +1,8 @@
 """Data layer: from an ``AnnData`` (in memory or backed), a scipy CSR or a dense matrix to validated, encoded
 minibatches, host side and before any compute.
 
-* matrices: :func:`get_matrix`, :func:`validate_counts`, :func:`row_sums`, :func:`normalize_log1p`, :func:`log1p_group_sums`
-  (``_matrix.py``);
+* matrices: :func:`get_matrix`, :func:`validate_counts`, :func:`row_sums`, :func:`normalize_log1p`, :func:`log1p_group_sums`,
+  :func:`map_row_blocks` (``_matrix.py``);
 * what a model was trained on: :class:`DataRegistry` (``_registry.py``);
 * encoded arrays and typed batches: :class:`CountData`, :class:`CountBatch` (``_batch.py``);
 * data that stays on the host: :class:`HostSource` (``_source.py``);
@@ -30,6 +30,7 @@ from ._hvg import loess_fit as loess_fit
 from ._matrix import dense as dense
 from ._matrix import get_matrix as get_matrix
 from ._matrix import log1p_group_sums as log1p_group_sums
+from ._matrix import map_row_blocks as map_row_blocks
 from ._matrix import normalize_log1p as normalize_log1p
 from ._matrix import row_chunks as row_chunks
 from ._matrix import row_sums as row_sums

@@ -8,7 +8,9 @@ backed matrices are scanned in chunks of rows (:func:`row_chunks`), never densif
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -282,3 +284,28 @@ def log1p_group_sums(X, groups: np.ndarray, n_groups: int, target_sum: float = 1
         ind = sp.csr_matrix((np.ones(len(keep)), (g[keep], keep)), shape=(n_groups, len(g)))
         out += ind @ normalize_log1p(block, target_sum).astype(np.float64)
     return out
+
+
+def map_row_blocks(fn, n_rows: int, *, block: int = 2048, workers: int | None = None) -> list:
+    """``[fn(slice) for slice in row blocks]`` over ``range(n_rows)``, the blocks run on a thread pool.
+
+    For host-side numpy work on large (cells, genes) arrays (random draws, quantile searches): numpy releases the
+    GIL in its array loops, so blocks of rows run on several cores at once. Results keep the blocks' order, so
+    the outcome is the same for any ``workers`` when ``fn`` depends only on its block.
+
+    Arguments:
+        fn: ``fn(slice) -> result`` for one block of rows.
+        n_rows: rows in all.
+        block: rows per block.
+        workers: threads (default: the CPU cores this process may use, at most 8; 1 runs serially).
+
+    Returns:
+        The list of ``fn``'s results, one per block in row order.
+    """
+    slices = [slice(s, min(s + block, n_rows)) for s in range(0, n_rows, max(1, int(block)))]
+    if workers is None:
+        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers <= 1 or len(slices) <= 1:
+        return [fn(s) for s in slices]
+    with ThreadPoolExecutor(min(workers, len(slices))) as pool:
+        return list(pool.map(fn, slices))

@@ -32,6 +32,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from ..data import map_row_blocks
+
 __all__ = ["CALIBRATED_LEVELS", "count_interval", "sample_interval", "split_conformal", "jackknife_plus", "conformalized_quantiles",
            "conformal_quantile"]
 
@@ -97,13 +99,26 @@ def count_interval(mu, theta=None, level: float = 0.9) -> tuple[np.ndarray, np.n
 def sample_interval(samples, level: float = 0.9, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The central interval of forecast samples along ``axis``: empirical ``(1 - level) / 2`` and ``(1 + level) /
     2`` quantiles (``method="inverted_cdf"``: sample values, so integers for count samples) and the samples' own
-    share inside ``[lower, upper]`` (at least ``level``)."""
+    share inside ``[lower, upper]`` (at least ``level``). Float samples keep their dtype (float32 counts are
+    exact); the columns of a 2-d array are searched in blocks on a thread pool."""
     level = _level(level)
-    s = np.asarray(samples, np.float64)
-    lower = np.quantile(s, (1 - level) / 2, axis=axis, method="inverted_cdf")
-    upper = np.quantile(s, (1 + level) / 2, axis=axis, method="inverted_cdf")
+    s = np.asarray(samples)
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
+    probs = [(1 - level) / 2, (1 + level) / 2]
+    if s.ndim == 2:
+        s = s if axis == 0 else s.T
+        parts = map_row_blocks(lambda sl: _interval_block(s[:, sl], probs), s.shape[1], block=256)
+        lower, upper, share = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return lower.astype(np.float64), upper.astype(np.float64), share
+    lower, upper = np.quantile(s, probs, axis=axis, method="inverted_cdf")
     inside = (s >= np.expand_dims(lower, axis)) & (s <= np.expand_dims(upper, axis))
     return lower, upper, inside.mean(axis=axis)
+
+
+def _interval_block(s: np.ndarray, probs: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lower, upper = np.quantile(s, probs, axis=0, method="inverted_cdf")
+    return lower, upper, ((s >= lower) & (s <= upper)).mean(axis=0)
 
 
 def split_conformal(cal_predicted, cal_observed, predicted, level: float = 0.9) -> tuple[np.ndarray, np.ndarray]:

@@ -62,6 +62,7 @@ from ..data import (
     dense,
     get_matrix,
     log1p_group_sums,
+    map_row_blocks,
     row_sums,
     take_rows,
 )
@@ -81,6 +82,7 @@ RESIDUAL_MODELS = ("flow", "diffusion")
 
 _SEP = " | "
 _N_BINS = 3  # expression bins of the cell-level calibration
+_DRAW_BLOCK = 2048  # rows of count draws per generator (and per thread)
 
 
 def _bucket(n: int) -> int:
@@ -212,7 +214,8 @@ class _Predictor:
             loo.stats = ConditionMeans([stats.keys[i] for i in keep], stats.means[keep], stats.counts[keep],
                                        stats.var_names)
             try:
-                pair = self._baseline_predict(loo, values), np.stack([self._baseline_predict(loo, c) for c in new])
+                at = [self._baseline_predict(loo, c) for c in new]
+                pair = self._baseline_predict(loo, values), (np.stack(at) if at else None)
             except UnknownPerturbationError:
                 pair = None, None
             at_k.append(pair[0])
@@ -327,10 +330,12 @@ class HybridModel(SavedModel):
         self.z_shift, self.z_scale = z.mean(0), z.std(0) + 1e-6
         cond = self._condition(self.train_conditions, predicted)
         cond = Condition(labels=cond.labels[cell_cond], covariates=cond.covariates[cell_cond])
-        self.prior, hist = fit_prior(((z - self.z_shift) / self.z_scale).astype(np.float32), cond,
-                                     kind=self.options["residual"], n_categories=tuple(len(v) for v in self.vocab),
-                                     n_continuous=k, steps=prior_steps, seed=seed, progress=progress,
-                                     **{"cond_dropout": 0.2, "n_hidden": 128, "n_layers": 3, **(prior_kwargs or {})})
+        self._prior_fit = {"kind": self.options["residual"], "n_categories": tuple(len(v) for v in self.vocab),
+                           "n_continuous": k, "steps": prior_steps, "seed": seed,
+                           **{"cond_dropout": 0.2, "n_hidden": 128, "n_layers": 3, **(prior_kwargs or {})}}
+        self._prior_data = (((z - self.z_shift) / self.z_scale).astype(np.float32), cond, cell_cond)
+        self.prior, hist = fit_prior(self._prior_data[0], cond, progress=progress, **self._prior_fit)
+        self.options["mean_weight"] = None  # chosen by choose_mean_weight
         self.history = {"vae": list(self.vae.history), "prior": hist}
         self.log_lib = np.log(row_sums(get_matrix(self.adata, self.options["layer"])))
         self.lib_conditions = cells
@@ -395,11 +400,14 @@ class HybridModel(SavedModel):
 
     # -- prediction ---------------------------------------------------------------------------------------------
 
-    def predict_mean(self, conditions, *, mean_weight: float = 0.0, n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    def predict_mean(self, conditions, *, mean_weight: float | None = None, n: int = 2000,
+                     seed: int = 0) -> pd.DataFrame:
         """Predicted mean log1p(CP10k) per condition and gene (DataFrame: condition labels x genes): the
-        predictor's profile, or with ``mean_weight > 0`` the mean of :meth:`sample`'s cells."""
+        predictor's profile, or with ``mean_weight > 0`` the mean of :meth:`sample`'s cells (``None``: the weight
+        :meth:`choose_mean_weight` chose, else 0)."""
         self._require_fitted()
         conds = self._parse(conditions)
+        mean_weight = self._mean_weight(mean_weight)
         if mean_weight == 0.0:
             values = self.predictor(conds)
         else:
@@ -407,8 +415,13 @@ class HybridModel(SavedModel):
                                                       mean_weight=mean_weight).X) for c in conds])
         return pd.DataFrame(values, index=[condition_label(c) for c in conds], columns=self.var_names)
 
-    def sample(self, conditions, n: int, *, seed: int = 0, mean_weight: float = 0.0, interval: float | None = None,
-               batch_size: int = 4096):
+    def _mean_weight(self, mean_weight: float | None) -> float:
+        if mean_weight is None:
+            mean_weight = self.options.get("mean_weight") or 0.0
+        return check_range("mean_weight", mean_weight, low=0.0, high=1.0)
+
+    def sample(self, conditions, n: int, *, seed: int = 0, mean_weight: float | None = None,
+               interval: float | None = None, batch_size: int = 4096):
         """``n`` cells of each condition: latents from the residual prior, NB counts from the decoder, moved so
         their mean log1p(CP10k) is ``(1 - mean_weight) predictor + mean_weight model`` (module docstring).
 
@@ -417,7 +430,7 @@ class HybridModel(SavedModel):
                 ``"v1 | v2"``), a list of them, or a DataFrame with the keys.
             n: cells per condition.
             seed: seed of every draw.
-            mean_weight: ``w`` in ``[0, 1]``.
+            mean_weight: ``w`` in ``[0, 1]`` (``None``: the weight :meth:`choose_mean_weight` chose, else 0).
             interval: a calibrated level: also the cell-level integer bounds of each condition, from the same
                 sampled cells (what :meth:`predict_interval` with ``kind="cell"``, ``n`` and ``seed`` returns,
                 without sampling twice), as ``layers["lower"]`` / ``layers["upper"]``.
@@ -436,7 +449,7 @@ class HybridModel(SavedModel):
 
         self._require_fitted()
         n = check_int("n", n)
-        mean_weight = check_range("mean_weight", mean_weight, low=0.0, high=1.0)
+        mean_weight = self._mean_weight(mean_weight)
         if interval is not None:
             self._cell_quantiles(interval)  # a bad or uncalibrated level fails before any sampling
         conds = self._parse(conditions)
@@ -445,14 +458,8 @@ class HybridModel(SavedModel):
         key = jax.random.key(seed)
         counts, means, obs, bounds = [], [], [], []
         for i, c in enumerate(conds):
-            m = _bucket(n)
-            ci = Condition(labels=jnp.repeat(cond.labels[i:i + 1], m, 0),
-                           covariates=jnp.repeat(cond.covariates[i:i + 1], m, 0))
-            z = np.asarray(self.prior.sample(jax.random.fold_in(key, i), m, cond=ci, **self._sampler()), np.float64)
-            z = (z * self.z_scale + self.z_shift).astype(np.float32)
-            log_lib = self._draw_libraries(c, m, seed + i).astype(np.float32)
-            mu, x = self._decode(z, log_lib, seed * 7919 + i, batch_size)
-            mu, x, log_lib = mu[:n], x[:n], log_lib[:n]  # m >= n rows were drawn: few compiled sizes
+            mu, x, log_lib = self._draw_cells(self.prior, cond, i, c, n, jax.random.fold_in(key, i),
+                                              seed + i, seed * 7919 + i, batch_size)
             target = (1.0 - mean_weight) * predicted[i] + mean_weight * mean_log1p(x)
             x, mu = match_log1p_mean(x, mu, target, seed=seed + i)
             if interval is not None:
@@ -470,6 +477,99 @@ class HybridModel(SavedModel):
             out.layers["upper"] = np.repeat(np.stack([b[1] for b in bounds]), n, axis=0).astype(np.float32)
             out.uns["interval_level"] = float(interval)
         return out
+
+    def choose_mean_weight(self, *, max_conditions: int = 4, min_cells: int = 30, n: int = 500,
+                           prior_steps: int | None = None, seed: int = 0, progress: bool = False) -> dict:
+        """Choose ``mean_weight`` by leave-one-condition-out: how far to trust the residual model's own mean over
+        the predictor's at a condition neither has seen.
+
+        For each of up to ``max_conditions`` training conditions ``k`` (those with at least ``min_cells`` cells
+        that the predictor can predict without them, and, for a baseline, not a control; the most populous
+        first): the predictor fitted without ``k`` predicts ``p_k`` (as for jackknife+), the latent prior is
+        refitted without ``k``'s cells (same settings, ``prior_steps`` steps) and its ``n`` sampled cells of ``k``
+        give the model's own mean ``f_k`` (mean log1p(CP10k)); with ``o_k`` the observed mean, the weight is the
+        least-squares blend over those conditions and all genes::
+
+            w = clip( sum_k <o_k - p_k, f_k - p_k> / sum_k |f_k - p_k|^2 , 0, 1 )
+
+        which :meth:`sample` and :meth:`predict_mean` then use when no ``mean_weight`` is given (saved with the
+        model). The VAE is not refitted: it has seen ``k``'s cells, which can only flatter the residual model's
+        mean, so ``w`` leans towards the model; with few conditions ``w`` is a coarse estimate.
+
+        Arguments:
+            max_conditions: conditions left out (one prior refit each).
+            min_cells: conditions with fewer training cells are not used.
+            n: cells sampled per left-out condition.
+            prior_steps: optimizer steps of each refit (default: those of :meth:`fit`).
+            seed, progress: seed of the refits and draws; progress bars.
+
+        Returns:
+            ``{"weight", "conditions", "mse_predictor", "mse_model", "mse_blend"}`` (squared errors of the mean
+            profile per gene, averaged over the left-out conditions), also kept in ``self.mean_weight_choice``.
+
+        Raises:
+            RuntimeError: not fitted in this session (the training cells are needed), or no condition qualifies.
+        """
+        self._require_fitted()
+        if self.adata is None or "_prior_data" not in self.__dict__:
+            raise RuntimeError("choose_mean_weight refits the latent prior on the training cells: call it after "
+                               "fit() on the same model (a loaded model has no training cells)")
+        max_conditions = check_int("max_conditions", max_conditions, low=1)
+        z, cond, cell_cond = self._prior_data
+        sizes = np.bincount(cell_cond, minlength=len(self.train_conditions))
+        if self.predictor.kind in ("baseline", "regressor"):
+            at_k, _ = self.predictor.leave_one_out(self.train_conditions, [])
+        else:  # a table or function was not fitted on these cells: its profiles are out of sample already
+            at_k = list(self.predictor(self.train_conditions))
+        spec = self.predictor.spec
+        eligible = [k for k in np.argsort(-sizes, kind="stable") if sizes[k] >= min_cells and at_k[k] is not None
+                    and not (spec is not None and self.predictor._split(self.train_conditions[k])[0] == spec.control)]
+        chosen = [int(k) for k in eligible[:max_conditions]]
+        if not chosen:
+            raise RuntimeError(f"no training condition has >= {min_cells} cells and a prediction by the "
+                               f"{self.predictor.name} predictor fitted without it")
+        settings = {**self._prior_fit, **({} if prior_steps is None else {"steps": check_int("prior_steps",
+                                                                                                prior_steps)})}
+        observed = _condition_means(self.adata, self.options["layer"], self.lib_conditions,
+                                    [self.train_conditions[k] for k in chosen])
+        f_all, p_all = [], []
+        for j, k in enumerate(chosen):
+            c = self.train_conditions[k]
+            keep = cell_cond != k
+            prior, _ = fit_prior(z[keep], Condition(labels=cond.labels[keep], covariates=cond.covariates[keep]),
+                                 progress=progress, **{**settings, "seed": settings["seed"] + 1 + j})
+            # the left-out condition as a new one: the predictor's profile from its leave-one-out fit
+            row = self._condition([c], at_k[k][None, :])
+            _, x, _ = self._draw_cells(prior, row, 0, c, n, jax.random.key(seed + 1 + j), seed + j,
+                                       seed * 7919 + j, 4096)
+            f_all.append(mean_log1p(x))
+            p_all.append(np.asarray(at_k[k], np.float64))
+        f, p, o = np.stack(f_all), np.stack(p_all), observed
+        num, den = float(np.sum((o - p) * (f - p))), float(np.sum((f - p) ** 2))
+        w = float(np.clip(num / den, 0.0, 1.0)) if den > 0 else 0.0
+        blend = (1.0 - w) * p + w * f
+        choice = {"weight": w, "conditions": [condition_label(self.train_conditions[k]) for k in chosen],
+                  "mse_predictor": float(np.mean((o - p) ** 2)), "mse_model": float(np.mean((o - f) ** 2)),
+                  "mse_blend": float(np.mean((o - blend) ** 2))}
+        self.options["mean_weight"] = w
+        self.mean_weight_choice = choice
+        if self.calibration is not None:  # the cell-level conformity scores were taken at the earlier weight
+            adata, kwargs = self._calibrated_on
+            self.calibrate(adata, **kwargs)
+        return choice
+
+    def _draw_cells(self, prior, cond: Condition, i: int, c: tuple[str, ...], n: int, key, lib_seed: int,
+                    count_seed: int, batch_size: int):
+        """``n`` cells of condition ``c`` (row ``i`` of ``cond``) from ``prior``, before any mean move: expected
+        counts, counts and log library sizes."""
+        m = _bucket(n)
+        ci = Condition(labels=jnp.repeat(cond.labels[i:i + 1], m, 0),
+                       covariates=jnp.repeat(cond.covariates[i:i + 1], m, 0))
+        z = np.asarray(prior.sample(key, m, cond=ci, **self._sampler()), np.float64)
+        z = (z * self.z_scale + self.z_shift).astype(np.float32)
+        log_lib = self._draw_libraries(c, m, lib_seed).astype(np.float32)
+        mu, x = self._decode(z, log_lib, count_seed, batch_size)
+        return mu[:n], x[:n], log_lib[:n]  # m >= n rows were drawn: few compiled sizes
 
     def _cell_quantiles(self, level: float) -> np.ndarray:
         """The conformal widenings per expression bin at a calibrated ``level``."""
@@ -530,11 +630,17 @@ class HybridModel(SavedModel):
             mus.append(np.asarray(m, np.float64))
             thetas.append(np.asarray(th, np.float64))
         mu = np.concatenate(mus)
-        rng = np.random.default_rng(seed)
-        if self.options["likelihood"] == "poisson":
-            return mu, rng.poisson(mu).astype(np.float64)
-        theta = np.concatenate(thetas)
-        return mu, rng.poisson(rng.gamma(theta, mu / theta)).astype(np.float64)
+        theta = None if self.options["likelihood"] == "poisson" else np.concatenate(thetas)
+        # one generator per block of rows (the draws do not depend on how many threads run the blocks)
+        streams = np.random.SeedSequence(seed).spawn(-(-len(mu) // _DRAW_BLOCK))
+
+        def draw(rows: slice) -> np.ndarray:
+            rng = np.random.default_rng(streams[rows.start // _DRAW_BLOCK])
+            if theta is None:
+                return rng.poisson(mu[rows]).astype(np.float64)
+            return rng.poisson(rng.gamma(theta[rows], mu[rows] / theta[rows])).astype(np.float64)
+
+        return mu, np.concatenate(map_row_blocks(draw, len(mu), block=_DRAW_BLOCK))
 
     # -- intervals ----------------------------------------------------------------------------------------------
 
@@ -562,6 +668,8 @@ class HybridModel(SavedModel):
                 continue
         if not conds:
             raise ValueError("the predictor can predict none of the calibration conditions")
+        self._calibrated_on = (adata, {"n": n, "levels": tuple(levels), "seed": seed,
+                                       "max_conditions": max_conditions})
         rng = np.random.default_rng(seed)
         if len(conds) > max_conditions:
             conds = [conds[i] for i in np.sort(rng.choice(len(conds), max_conditions, replace=False))]

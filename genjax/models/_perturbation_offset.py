@@ -34,7 +34,7 @@ import math
 import numpy as np
 from scipy import stats as _stats
 
-from ..data import PerturbationSpec, normalize_log1p
+from ..data import PerturbationSpec, map_row_blocks, normalize_log1p
 
 __all__ = ["BaselineOffset", "match_log1p_mean", "mean_log1p", "poisson_quantile", "OFFSET_RULES"]
 
@@ -318,7 +318,8 @@ def match_log1p_mean(counts: np.ndarray, expected: np.ndarray, target: np.ndarra
         moved = _moved(xs, mus, us, log_q)
     q = np.exp(log_q)[None, :]
     new_mu = np.where(q <= 1.0, q * mu, mu + (q - 1.0) * (mu + _UP_RATE_FLOOR))
-    return _moved(x, mu, u, log_q).astype(np.float32), new_mu.astype(np.float32)
+    moved = map_row_blocks(lambda rows: _moved(x[rows], mu[rows], u[rows], log_q).astype(np.float32), len(x))
+    return np.concatenate(moved), new_mu.astype(np.float32)
 
 
 def mean_log1p(counts, target_sum: float = 1e4) -> np.ndarray:
