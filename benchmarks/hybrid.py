@@ -120,6 +120,27 @@ def run_condition(task: str, name: str, train, y: np.ndarray, ctrl: np.ndarray, 
     big_s = time.perf_counter() - t0
     residual_only = counts(hm.sample(cond, args.cells, seed=args.seed, mean_weight=1.0))
     generative = generative_baseline(task, name, train, cond, args)
+    lo, hi = hm.predict_interval(cond, 0.9, "cell", n=args.cells, seed=args.seed)
+    lo, hi = lo.to_numpy()[0], hi.to_numpy()[0]
+    inside = ((y >= lo) & (y <= hi))[:, expressed]
+    sim = counts(hm.sample(cond, args.cells, seed=args.seed + 7))
+    mass = ((sim >= lo) & (sim <= hi))[:, expressed]
+    mlo, mhi = hm.predict_interval(cond, 0.9, "mean")
+    obs_mean = genjax.data.normalize_log1p(y).mean(0)
+    ints = {"task": task, "held_out": name, "predictor": predictor, "cell_coverage_pooled": inside.mean(),
+            "model_mass_pooled": mass.mean(),
+            "mean_coverage": float(np.mean((obs_mean >= mlo.to_numpy()[0]) & (obs_mean <= mhi.to_numpy()[0]))),
+            "mean_width": float(np.mean(mhi.to_numpy()[0] - mlo.to_numpy()[0])), "fit_s": fit_s,
+            "sample_10k_with_intervals_s": big_s}
+    loco = None
+    if args.loco_conditions:  # the weight chosen without the held-out condition (after the w = 0 intervals above)
+        t0 = time.perf_counter()
+        choice = hm.choose_mean_weight(max_conditions=args.loco_conditions, seed=args.seed)
+        ints["loco_weight"], ints["loco_s"] = choice["weight"], time.perf_counter() - t0
+        ints["loco_conditions"] = "; ".join(choice["conditions"])
+        print(f"  leave-one-condition-out mean weight {choice['weight']:.3f} ({choice}) in {ints['loco_s']:.0f} s",
+              flush=True)
+        loco = counts(hm.sample(cond, args.cells, seed=args.seed))
     ctrl_log = genjax.data.normalize_log1p(ctrl)
     shift = predicted - ctrl_log.mean(0)  # the predictor's change from the controls, in log1p(CP10k)
     methods = {
@@ -131,6 +152,8 @@ def run_condition(task: str, name: str, train, y: np.ndarray, ctrl: np.ndarray, 
         f"controls shifted by {predictor}": shifted_controls(np.maximum(ctrl_log + shift, 0.0), ctrl),
         "no change (controls)": ctrl,
     }
+    if loco is not None:
+        methods[f"hybrid ({predictor}), leave-one-condition-out mean weight"] = loco
     if generative is not None:
         methods["generative model alone (LatentGenerator, no predictor)"] = generative
     rows = [{"task": task, "held_out": name, **calibration_row(m, y, s, expressed, args.seed)}
@@ -146,18 +169,6 @@ def run_condition(task: str, name: str, train, y: np.ndarray, ctrl: np.ndarray, 
     preds[f"{predictor} (the predictor's profile)"] = {name: np.repeat(predicted[None, :], 2, axis=0)}
     tab = metrics.evaluate_perturbations(observed, control, preds, seed=args.seed)
     tab = tab[tab.metric.isin(["r2_mean_deg", "l2_top", "pearson_delta_ref"])].assign(task=task, held_out=name)
-    lo, hi = hm.predict_interval(cond, 0.9, "cell", n=args.cells, seed=args.seed)
-    lo, hi = lo.to_numpy()[0], hi.to_numpy()[0]
-    inside = ((y >= lo) & (y <= hi))[:, expressed]
-    sim = counts(hm.sample(cond, args.cells, seed=args.seed + 7))
-    mass = ((sim >= lo) & (sim <= hi))[:, expressed]
-    mlo, mhi = hm.predict_interval(cond, 0.9, "mean")
-    obs_mean = genjax.data.normalize_log1p(y).mean(0)
-    ints = {"task": task, "held_out": name, "predictor": predictor, "cell_coverage_pooled": inside.mean(),
-            "model_mass_pooled": mass.mean(),
-            "mean_coverage": float(np.mean((obs_mean >= mlo.to_numpy()[0]) & (obs_mean <= mhi.to_numpy()[0]))),
-            "mean_width": float(np.mean(mhi.to_numpy()[0] - mlo.to_numpy()[0])), "fit_s": fit_s,
-            "sample_10k_with_intervals_s": big_s}
     print(f"  fit {fit_s:.1f} s; 10,000 cells with intervals {big_s:.2f} s", flush=True)
     return rows, tab, ints
 
@@ -228,6 +239,8 @@ def main(argv=None) -> int:
     p.add_argument("--prior-steps", type=int, default=3000)
     p.add_argument("--cells", type=int, default=2000, help="predicted cells per method")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loco-conditions", type=int, default=3,
+                   help="training conditions left out to choose mean_weight (HybridModel.choose_mean_weight); 0: off")
     p.add_argument("--out", default=str(HERE / "results" / "hybrid"))
     args = p.parse_args(argv)
 

@@ -22,7 +22,7 @@ of training cells that share the condition's values; the counts are then moved g
 (:func:`~genjax.models.match_log1p_mean`) so that their mean log1p(CP10k) is ``(1 - w) predictor + w model``:
 with the default ``mean_weight=0`` the mean is the predictor's exactly and the residual model supplies the
 distribution around it (zeros, cell-to-cell variability, cell states); ``w = 1`` keeps the residual model's own
-mean.
+mean; :meth:`HybridModel.choose_mean_weight` picks ``w`` by leaving training conditions out.
 
 **Intervals** (:meth:`HybridModel.predict_interval`):
 
