@@ -179,7 +179,8 @@ _GENERATIVE: dict = {}
 def generative_baseline(task: str, name: str, train, cond: dict, args) -> np.ndarray | None:
     """The pure generative model without a predictor (the issue's baseline): a LatentGenerator (the same count VAE
     settings and a conditional flow prior on the same condition keys, same epochs and prior steps) fitted on the
-    training cells, sampling the held-out combination by composing its seen values (cell type, stimulation).
+    training cells, sampling the held-out combination by composing its seen values (cell type, stimulation), with
+    library sizes of the type's control cells.
     ``None`` where a condition is one label never seen in training (a held-out double, a held-out bulk group
     label): without a predictor there is nothing to generate from. Fitted once per held-out condition."""
     if task != "kang":
@@ -188,7 +189,9 @@ def generative_baseline(task: str, name: str, train, cond: dict, args) -> np.nda
         t0 = time.perf_counter()
         gen = genjax.LatentGenerator(train, prior="flow", conditions=list(cond), seed=args.seed)
         gen.fit(vae_epochs=args.epochs, prior_steps=args.prior_steps, progress=False, seed=args.seed)
-        _GENERATIVE[task, name] = counts(gen.generate(args.cells, seed=args.seed, **cond))
+        # library sizes of the type's control cells (no training cell has the held-out combination itself)
+        _GENERATIVE[task, name] = counts(gen.generate(args.cells, seed=args.seed, **cond,
+                                                      library_conditions={**cond, "stim": "CTRL"}))
         print(f"  generative baseline fitted and sampled in {time.perf_counter() - t0:.1f} s", flush=True)
     return _GENERATIVE[task, name]
 

@@ -69,3 +69,20 @@ def test_saved_model_errors_name_the_problem(tmp_path, two_conditions):
         genjax.VAE.load(tmp_path / "m")
     with pytest.raises(FileExistsError):
         vae.save(tmp_path / "m", overwrite=False)
+
+
+def test_latent_generator_unseen_combination_with_library_conditions(two_conditions):
+    """A combination no training cell has is refused by default, and generated when ``library_conditions`` names
+    the training cells that supply library sizes; the cells keep the requested conditions."""
+    gen = genjax.LatentGenerator(two_conditions, prior="flow", conditions=["cell_type", "batch"],
+                                 vae_kwargs=dict(n_hidden=8, n_latent=2), prior_kwargs=dict(n_hidden=16, n_layers=1))
+    gen.fit(vae_epochs=1, prior_steps=4, progress=False)
+    with pytest.raises(NoMatchingCellsError, match="no training cell has the conditions"):
+        gen.generate(4, cell_type="type_0", batch="b1")
+    out = gen.generate(8, seed=3, cell_type="type_0", batch="b1", library_conditions={"cell_type": "type_0",
+                                                                                        "batch": "b0"})
+    assert (out.obs["cell_type"].astype(str) == "type_0").all() and (out.obs["batch"].astype(str) == "b1").all()
+    source = two_conditions[(two_conditions.obs["cell_type"].astype(str) == "type_0").to_numpy()
+                            & (two_conditions.obs["batch"].astype(str) == "b0").to_numpy()]
+    libraries = set(np.rint(np.asarray(source.X.sum(1))).ravel().astype(int).tolist())
+    assert set(out.obs["library_size"].astype(int)) <= libraries
