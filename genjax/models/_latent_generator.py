@@ -239,18 +239,23 @@ class LatentGenerator(SavedModel):
         if self.prior_model is None:
             raise RuntimeError("the generator is not fitted; call fit() first (or LatentGenerator.load(path))")
 
-    def _draw_conditions(self, n: int, rng: np.random.Generator, conditions: dict):
+    def _draw_conditions(self, n: int, rng: np.random.Generator, conditions: dict,
+                         library_conditions: dict | None = None):
         """Category codes (n, n_conditions), log library sizes (n,) and the training rows (n,) they came from,
         for ``n`` cells with ``conditions``.
 
         Conditions not given are drawn jointly with the library size from training cells that match the given
         ones, i.e. in training proportions.
 
+        With ``library_conditions`` the training cells matching those values supply the library sizes and the
+        unrequested conditions instead.
+
         Raises:
             NoMatchingCellsError: no training cell has some requested combination of conditions.
         """
         codes = self.registry.encode_values(n, **conditions)  # (n, k); -1 where not given; raises on unknowns
-        rows = self.training_cells.draw(codes, rng, self.registry)
+        source = codes if library_conditions is None else self.registry.encode_values(n, **library_conditions)
+        rows = self.training_cells.draw(source, rng, self.registry)
         cat = np.where(codes >= 0, codes, self.training_cells.cat[rows]).astype(np.int32)
         if self.options["library_sizes"] == "empirical":
             log_lib = self.training_cells.log_lib[rows]
@@ -312,7 +317,7 @@ class LatentGenerator(SavedModel):
         return np.asarray(z) * self._scale + self._shift
 
     def generate(self, n: int, *, seed: int = 0, guidance: float | dict | None = None, batch_size: int = 4096,
-                 sampler_kwargs: dict | None = None, **conditions):
+                 sampler_kwargs: dict | None = None, library_conditions: dict | None = None, **conditions):
         """Generate ``n`` cells of sampled counts with the requested conditions.
 
         Arguments:
@@ -321,6 +326,10 @@ class LatentGenerator(SavedModel):
             guidance: classifier-free guidance weight(s), see :meth:`sample_latent`.
             batch_size: cells decoded per jitted call.
             sampler_kwargs: passed to the prior's sampler (see :meth:`sample_latent`), e.g. ``{"n_steps": 16}``.
+            library_conditions: where library sizes (and unrequested conditions) come from instead of the
+                training cells matching ``conditions``: condition values whose training cells supply them, e.g.
+                ``{"cell_type": "CD14 Mono", "stim": "CTRL"}`` for a combination no training cell has
+                (``stim="STIM"`` of a type only seen unstimulated), which the prior composes from its seen values.
             conditions: condition values, e.g. ``cell_type="B cells"``, or a sequence of ``n`` values (one per
                 cell); the others are drawn in training proportions (jointly with the library size).
 
@@ -337,7 +346,7 @@ class LatentGenerator(SavedModel):
         self._require_fitted()
         n = check_int("n", n)
         rng = np.random.default_rng(seed)
-        cat, log_lib, rows = self._draw_conditions(n, rng, conditions)
+        cat, log_lib, rows = self._draw_conditions(n, rng, conditions, library_conditions)
         key_z, key_x = jax.random.split(jax.random.key(seed))
         cluster = None if self.training_cells.cluster is None else self.training_cells.cluster[rows]
         z = self.sample_latent(n, seed=int(jax.random.randint(key_z, (), 0, 2**31 - 1)), guidance=guidance,
