@@ -129,3 +129,114 @@ def test_save_all_and_unconditional(ev, tmp_path):
         P.condition_panels(plain)
     with pytest.raises(TypeError, match="genjax.metrics.Evaluation"):
         P.gene_statistics({"not": "an evaluation"})
+
+
+# latent traversals
+
+
+class _SoftmaxDecoder:
+    """A duck-typed VAE whose decoder is ``log_softmax(z @ A + b)``, so the traversal has a closed form: latent dim 0
+    drives genes g0 (+2) and g1 (-1), dim 1 gene g3 (+1.5), dim 2 nothing (an inactive dimension)."""
+
+    A = np.array([[2.0, -1.0, 0, 0, 0, 0], [0, 0, 0, 1.5, 0, 0], [0, 0, 0, 0, 0, 0]])
+    b = np.array([0.0, 0.5, -0.5, 0.2, 1.0, -1.0])
+    var_names = [f"g{i}" for i in range(6)]
+    params = None
+    conditions = {}
+
+    def __init__(self, z):
+        self.z = z
+
+    def latent(self, adata=None):
+        return self.z
+
+    def encode_conditions(self, n, **values):
+        return np.zeros((n, 0), np.int32)
+
+    def condition(self, codes):
+        return None
+
+    def functions(self):
+        from types import SimpleNamespace
+
+        from scipy.special import log_softmax
+
+        return SimpleNamespace(decode=lambda params, z, log_lib, cond: {"log_scale": log_softmax(
+            np.asarray(z, np.float64) @ self.A + self.b, axis=1)})
+
+
+def test_latent_traversal_matches_the_closed_form():
+    from scipy.special import softmax
+
+    z = np.random.default_rng(0).normal(size=(50, 3))
+    model = _SoftmaxDecoder(z)
+    fig = P.latent_traversal(model, values=[-2, 0, 1, 3], genes=2)
+    tr = fig.traversal
+    np.testing.assert_allclose(tr.base, z.mean(0))
+    np.testing.assert_array_equal(tr.dims, [0, 1, 2])
+    for k in range(3):
+        for i, t in enumerate([-2, 0, 1, 3]):
+            point = z.mean(0) + t * np.eye(3)[k]
+            np.testing.assert_allclose(tr.latent[k, i], point, rtol=1e-12)
+            expected = np.log1p(1e4 * softmax(point.astype(np.float32).astype(np.float64) @ model.A + model.b))
+            np.testing.assert_allclose(tr.expression[k, i], expected, rtol=1e-10)
+    # the genes each dimension drives come first; the inactive dimension moves nothing
+    assert set(tr.genes[0]) == {"g0", "g1"} and tr.genes[1][0] == "g3"
+    np.testing.assert_allclose(tr.response[2], 0.0, atol=1e-12)
+    axes = _visible(fig)
+    assert [ax.get_title().split(":")[0] for ax in axes[:3]] == ["z0", "z1", "z2"]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == tr.genes[0]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["-2", "0", "1", "3"]
+    # the heatmap is the change from the base, genes by offsets
+    top = [int(g[1:]) for g in tr.genes[0]]
+    delta = tr.expression[0][:, top].T - tr.base_expression[top][:, None]
+    np.testing.assert_allclose(axes[0].images[0].get_array(), delta, rtol=1e-6)
+    # scale="cells": steps of the cells' spread; a given base and gene list
+    fig = P.latent_traversal(model, dims=[1], values=[-1, 1], scale="cells", base=np.zeros(3), genes=["g5", "g3"])
+    tr = fig.traversal
+    np.testing.assert_allclose(tr.step, [z[:, 1].std()])
+    np.testing.assert_allclose(tr.latent[0, 1], [0, z[:, 1].std(), 0], rtol=1e-12)
+    assert tr.genes == [["g5", "g3"]] and len([ax for ax in _visible(fig) if ax.images]) == 1
+
+
+def test_latent_traversal_names_bad_input():
+    model = _SoftmaxDecoder(np.random.default_rng(0).normal(size=(20, 3)))
+    with pytest.raises(ValueError, match=r"dims must be in \[0, 3\).*got 3"):
+        P.latent_traversal(model, dims=[0, 3])
+    with pytest.raises(ValueError, match="repeated"):
+        P.latent_traversal(model, dims=[1, 1])
+    with pytest.raises(ValueError, match="at least 2 offsets"):
+        P.latent_traversal(model, values=[1.0])
+    with pytest.raises(ValueError, match="values must be finite; got nan at position 1"):
+        P.latent_traversal(model, values=[0.0, np.nan])
+    with pytest.raises(KeyError, match="gene 'CD3E' is not one of the model's 6 genes"):
+        P.latent_traversal(model, genes=["g0", "CD3E"])
+    with pytest.raises(ValueError, match="genes must be an integer >= 1; got 0"):
+        P.latent_traversal(model, genes=0)
+    with pytest.raises(ValueError, match=r"base must be .* shape \(3,\); got shape \(2,\)"):
+        P.latent_traversal(model, base=[0.0, 0.0])
+    with pytest.raises(ValueError, match="scale must be one of"):
+        P.latent_traversal(model, scale="posterior")
+    with pytest.raises(TypeError, match="genjax.VAE-like model.*lacks"):
+        P.latent_traversal(object())
+
+
+def test_latent_traversal_of_a_conditional_vae_agrees_with_its_normalized_expression():
+    import genjax
+
+    adata = genjax.datasets.factor_counts(120, 30, 2, levels=3, seed=1)
+    adata.obs["group"] = np.where(np.arange(120) % 2, "a", "b")
+    vae = genjax.VAE(adata, conditions=["group"], n_latent=3, n_hidden=16, seed=0)  # untrained: any decoder will do
+    with pytest.raises(ValueError, match=r"give a value for each.*missing \['group'\]"):
+        P.latent_traversal(vae)
+    with pytest.raises(KeyError, match="'batch' is not a condition"):
+        P.latent_traversal(vae, conditions={"group": "a", "batch": "b0"})
+    cell = 1  # a cell of group "a": decoding its own posterior mean under its own group
+    z = vae.latent(adata[[cell]])[0]
+    tr = P.latent_traversal(vae, dims=[2, 0], values=[0.0, 1.5], base=z, conditions={"group": "a"}, genes=3).traversal
+    own = np.log1p(vae.normalized_expression(adata[[cell]], library_size=1e4)[0])
+    np.testing.assert_allclose(tr.base_expression, own, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(tr.expression[:, 0], np.stack([own, own]), rtol=1e-4, atol=1e-5)
+    other = np.log1p(vae.normalized_expression(adata[[cell]], library_size=1e4, group="b")[0])
+    assert not np.allclose(other, own, atol=1e-3)  # the condition given is the one decoded under
+    assert tr.genes[0] == [vae.var_names[i] for i in np.argsort(-tr.response[0], kind="stable")[:3]]

@@ -11,7 +11,8 @@ figure state is touched; saving uses the Agg canvas), returns it, and with ``pat
 Figures: :func:`training_curves`, :func:`embedding` (PCA, or UMAP when umap-learn is installed),
 :func:`gene_statistics`, :func:`condition_panels`, :func:`condition_metrics`, :func:`evaluation_panel` (the
 seed notebook's 2 x 3 panel: count distribution, log1p distribution, gene means, gene variances, gene sparsity,
-PCA overlay).
+PCA overlay), and of a trained VAE :func:`latent_traversal` (the decoded expression of the genes that respond most
+as one latent dimension moves, Higgins et al. 2017's traversal plots for cells).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
+from .._checks import check_choice, check_int, check_range
 from ._evaluate import ALL, METRICS, Evaluation, SetSummary
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ __all__ = [
     "condition_panels",
     "condition_metrics",
     "evaluation_panel",
+    "latent_traversal",
+    "LatentTraversal",
     "save_all",
     "save_figure",
 ]
@@ -488,3 +492,215 @@ def save_all(
     if history is not None:
         makers["training_curves"] = lambda: training_curves(history)
     return {name: save_figure(make(), out / f"{name}.png", dpi=dpi) for name, make in makers.items()}
+
+
+# latent traversals of a VAE
+
+TraversalBase = Literal["mean", "median"]
+TraversalScale = Literal["prior", "cells"]
+
+
+class LatentTraversal(NamedTuple):
+    """What :func:`latent_traversal` decoded; the returned figure carries it as ``figure.traversal``."""
+
+    dims: np.ndarray
+    """``(m,)`` int: the latent dimensions traversed, one panel each, in the order drawn."""
+    values: np.ndarray
+    """``(v,)`` float64: the offsets as given (in units of ``scale``)."""
+    step: np.ndarray
+    """``(m,)`` float64: the latent distance of an offset of 1 along each dimension (1 for ``scale="prior"``; the
+    standard deviation of the cells' latent means along it for ``scale="cells"``)."""
+    base: np.ndarray
+    """``(n_latent,)`` float64: the latent point every traversal starts from."""
+    latent: np.ndarray
+    """``(m, v, n_latent)`` float64: the decoded points, ``base + values[i] * step[k]`` in dimension ``dims[k]``."""
+    expression: np.ndarray
+    """``(m, v, genes)`` float64: the decoded expression of every gene at those points: ``log1p(target_sum * rho)``
+    (log-normalised expression, ``rho`` the decoded proportions) for count likelihoods, the decoded mean for a
+    Gaussian model."""
+    base_expression: np.ndarray
+    """``(genes,)`` float64: the same, decoded at ``base``."""
+    response: np.ndarray
+    """``(m, genes)`` float64: ``max - min`` of each gene's expression along each dimension's traversal."""
+    genes: list
+    """``m`` lists of the gene names drawn in each panel (the largest ``response`` first, or as requested)."""
+
+
+def _traversal_model(model):
+    """The VAE-like object to decode with: ``model`` itself, or its ``.vae`` (LatentGenerator, HybridModel)."""
+    needed = ("functions", "params", "var_names", "latent", "condition", "encode_conditions")
+    for candidate in (model, getattr(model, "vae", None)):
+        if candidate is not None and all(hasattr(candidate, a) for a in needed):
+            return candidate
+    missing = [a for a in needed if not hasattr(model, a)]
+    raise TypeError(f"latent_traversal needs a genjax.VAE-like model (or one with a trained .vae); "
+                    f"{type(model).__name__} lacks {missing}")
+
+
+def _traversal_values(values) -> np.ndarray:
+    v = np.asarray(np.linspace(-3.0, 3.0, 7) if values is None else values, dtype=np.float64)
+    if v.ndim != 1 or v.size < 2:
+        raise ValueError(f"values must be a 1-d sequence of at least 2 offsets; got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"values must be finite; got {float(v[~np.isfinite(v)][0])!r} at position "
+                         f"{int(np.flatnonzero(~np.isfinite(v))[0])}")
+    return v
+
+
+def _traversal_dims(dims, n_latent: int) -> np.ndarray:
+    if dims is None:
+        return np.arange(n_latent)
+    d = np.atleast_1d(np.asarray(dims))
+    if d.ndim != 1 or d.size == 0 or not np.issubdtype(d.dtype, np.integer):
+        raise ValueError(f"dims must be a non-empty sequence of latent dimension indices; got {dims!r}")
+    bad = [int(i) for i in d if not 0 <= i < n_latent]
+    if bad:
+        raise ValueError(f"dims must be in [0, {n_latent}) (the model's n_latent is {n_latent}); got {bad[0]}")
+    if len(set(d.tolist())) != d.size:
+        raise ValueError(f"dims has a repeated dimension; got {d.tolist()}")
+    return d.astype(np.int64)
+
+
+def _traversal_base(base, z_cells, n_latent: int) -> np.ndarray:
+    if isinstance(base, str):
+        if base not in ("mean", "median"):
+            raise ValueError(f"base must be 'mean', 'median' or a latent point of {n_latent} values; got {base!r}")
+        return z_cells.mean(axis=0) if base == "mean" else np.median(z_cells, axis=0)
+    b = np.asarray(base, dtype=np.float64)
+    if b.shape != (n_latent,):
+        raise ValueError(f"base must be 'mean', 'median' or a latent point of shape ({n_latent},); got shape "
+                         f"{b.shape}")
+    if not np.all(np.isfinite(b)):
+        raise ValueError(f"base must be finite; got {float(b[~np.isfinite(b)][0])!r} in dim "
+                         f"{int(np.flatnonzero(~np.isfinite(b))[0])}")
+    return b
+
+
+def latent_traversal(
+    model,
+    adata=None,
+    *,
+    dims: Sequence[int] | None = None,
+    values: Sequence[float] | None = None,
+    genes: int | Sequence[str] = 8,
+    base: TraversalBase | Sequence[float] = "mean",
+    scale: TraversalScale = "prior",
+    conditions: Mapping[str, str] | None = None,
+    target_sum: float = 1e4,
+    path=None,
+) -> Figure:
+    """Latent traversals of a trained VAE: move one latent dimension at a time away from a base point, decode, and
+    draw the genes whose decoded expression responds most (one heatmap per dimension).
+
+    For each dimension ``d`` in ``dims`` and offset ``t`` in ``values`` the latent point ``base + t * step_d * e_d``
+    is decoded (under ``conditions``) into normalised expression ``rho`` (proportions summing to 1 over genes);
+    the expression drawn is ``log1p(target_sum * rho)`` (log-normalised, as scanpy's ``normalize_total`` +
+    ``log1p``), for a Gaussian model the decoded mean. A gene's response to ``d`` is the ``max - min`` of its
+    expression along the traversal; each panel shows its ``genes`` most responsive genes (rows) against the offsets
+    (columns), coloured by the change from the expression decoded at ``base`` (one symmetric colour scale for all
+    panels, so dimensions are comparable). A dimension the decoder ignores (an inactive one of a beta-VAE) gives an
+    empty-looking panel with a response near 0. This is the traversal figure of Higgins et al. 2017 ("beta-VAE:
+    Learning Basic Visual Concepts with a Constrained Variational Framework", ICLR) for expression profiles.
+
+    Arguments:
+        model: a trained :class:`genjax.VAE`, or a model holding one as ``.vae`` (``LatentGenerator``,
+            ``HybridModel``). Duck-typed: any object with ``latent(adata)`` (cells, n_latent), ``functions()``
+            whose ``decode(params, z, log_lib, cond)`` returns ``log_scale`` (log proportions) or ``mean`` (cells,
+            genes), ``params``, ``var_names``, ``encode_conditions(n, **values)`` and ``condition(codes)``.
+        adata: the cells that set the base point and, for ``scale="cells"``, the step (default: the model's
+            training data).
+        dims: latent dimensions to traverse (default all).
+        values: offsets from the base (default ``-3, -2, ..., 3``), in units of ``scale``.
+        genes: how many of the most responsive genes to draw per dimension, or a list of gene names to draw in
+            every panel.
+        base: ``"mean"`` (default) or ``"median"`` of the cells' posterior means, or a latent point (n_latent,).
+        scale: ``"prior"``: offsets in latent units, i.e. standard deviations of the ``N(0, I)`` prior (the
+            usual beta-VAE traversal); ``"cells"``: in standard deviations of the cells' posterior means along
+            each dimension (the spread the data actually use).
+        conditions: a value for each of the model's categorical conditions (required when it has any), e.g.
+            ``{"cell_type": "B cells"}``; continuous covariates are held at their training mean.
+        target_sum: the library size of the log-normalisation (1e4: counts per 10k).
+        path: optional PNG path.
+
+    Returns:
+        The figure: one axes per dimension titled ``"z<d>"`` with the largest response, y tick labels the gene
+        names, x tick labels the offsets, and a colour bar. ``figure.traversal`` is the :class:`LatentTraversal`
+        with the decoded arrays (every gene, not only those drawn).
+
+    Raises:
+        TypeError: ``model`` lacks the methods above.
+        ValueError: ``values`` not a finite 1-d sequence of at least two offsets; ``dims`` out of range or
+            repeated; ``base`` of the wrong shape or not finite; ``genes`` not a positive integer; a missing
+            condition; ``scale`` or ``target_sum`` invalid.
+        KeyError: a gene name not in the model's genes, or a condition the model does not have.
+    """
+    vae = _traversal_model(model)
+    offsets = _traversal_values(values)
+    scale = check_choice("scale", scale, TraversalScale)
+    target_sum = check_range("target_sum", target_sum, low=0.0, low_open=True)
+    var_names = [str(g) for g in vae.var_names]
+    if isinstance(genes, str) or not isinstance(genes, Sequence | np.ndarray):
+        n_show = min(check_int("genes", genes, low=1), len(var_names))
+        chosen = None
+    else:
+        lookup = {g: i for i, g in enumerate(var_names)}
+        unknown = [str(g) for g in genes if str(g) not in lookup]
+        if unknown or len(genes) == 0:
+            raise KeyError(f"gene {unknown[0]!r} is not one of the model's {len(var_names)} genes" if unknown
+                           else "genes is an empty list; give gene names or a number of genes")
+        chosen = np.array([lookup[str(g)] for g in genes])
+    conditions = dict(conditions or {})
+    model_conditions = dict(getattr(vae, "conditions", {}) or {})
+    unknown = [k for k in conditions if k not in model_conditions]
+    if unknown:
+        raise KeyError(f"{unknown[0]!r} is not a condition of this model (conditions: {list(model_conditions)})")
+    missing = [k for k in model_conditions if k not in conditions]
+    if missing:
+        raise ValueError(f"the model decodes under its conditions {list(model_conditions)}; give a value for each as "
+                         f"conditions={{...}}; missing {missing} (e.g. {missing[0]!r}: "
+                         f"{list(model_conditions[missing[0]])[0]!r})")
+    config_latent = getattr(getattr(vae, "config", None), "n_latent", None)
+    needs_cells = isinstance(base, str) or scale == "cells" or config_latent is None
+    z_cells = np.asarray(vae.latent(adata), np.float64) if needs_cells else None
+    n_latent = int(config_latent) if config_latent is not None else z_cells.shape[1]
+    start = _traversal_base(base, z_cells, n_latent)
+    chosen_dims = _traversal_dims(dims, n_latent)
+    step = z_cells[:, chosen_dims].std(axis=0) if scale == "cells" else np.ones(chosen_dims.size)
+
+    m, v = chosen_dims.size, offsets.size
+    points = np.broadcast_to(start, (m, v, n_latent)).copy()
+    points[np.arange(m)[:, None], np.arange(v)[None, :], chosen_dims[:, None]] += offsets[None, :] * step[:, None]
+    z = np.concatenate([points.reshape(m * v, n_latent), start[None]], axis=0).astype(np.float32)
+    n = z.shape[0]
+    cond = vae.condition(vae.encode_conditions(n, **conditions))
+    out = vae.functions().decode(vae.params, z, np.full(n, math.log(target_sum), np.float32), cond)
+    if "log_scale" in out:
+        expr = np.log1p(target_sum * np.exp(np.asarray(out["log_scale"], np.float64)))
+        label = f"change in log1p(expression per {target_sum:g}) from the base"
+    else:
+        expr = np.asarray(out["mean"], np.float64)
+        label = "change in decoded mean from the base"
+    base_expr, expr = expr[-1], expr[:-1].reshape(m, v, -1)
+    response = expr.max(axis=1) - expr.min(axis=1)
+    shown = [np.argsort(-r, kind="stable")[:n_show] if chosen is None else chosen for r in response]
+    result = LatentTraversal(chosen_dims, offsets, step, start, points, expr, base_expr, response,
+                             [[var_names[g] for g in idx] for idx in shown])
+
+    deltas = [expr[k][:, idx].T - base_expr[idx][:, None] for k, idx in enumerate(shown)]  # genes x offsets
+    vmax = max(float(np.max(np.abs(d))) for d in deltas) or 1.0
+    rows, cols = _grid(m, 4)
+    n_rows_panel = max(len(idx) for idx in shown)
+    fig = _new_figure(figsize=(2.2 + 2.6 * cols, 0.6 + rows * (0.9 + 0.22 * n_rows_panel)), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    image = None
+    for k, (ax, d, idx) in enumerate(zip(axes, chosen_dims, shown, strict=False)):
+        image = ax.imshow(deltas[k], aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_yticks(np.arange(len(idx)), [var_names[g] for g in idx], fontsize="x-small")
+        ax.set_xticks(np.arange(v), [f"{t:g}" for t in offsets], fontsize="x-small")
+        ax.set_xlabel(f"offset ({'prior sd' if scale == 'prior' else 'cell sd'})", fontsize="small")
+        ax.set_title(f"z{int(d)}: range {float(response[k][idx].max()):.2f}", fontsize="medium")
+    for ax in axes[m:]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes[:m].tolist(), shrink=0.8, label=label)
+    fig.traversal = result
+    return _finish(fig, path)

@@ -33,7 +33,15 @@ from ..data import Condition, DataRegistry, get_matrix, kmeans_labels, row_sums,
 from ..training import FingerprintMismatchError, tree_digest
 from ..vae import vae_decode, vae_sample_counts
 from ._base import SavedModel, TrainingCells, cached_jit, generated_obs
-from ._latent_prior import AbstractLatentPrior, fit_prior, load_prior, sample_prior
+from ._latent_prior import (
+    FIELD_ARCHS,
+    AbstractLatentPrior,
+    FieldArch,
+    field_settings,
+    fit_prior,
+    load_prior,
+    sample_prior,
+)
 from ._vae import VAE
 
 __all__ = ["LatentGenerator"]
@@ -62,11 +70,17 @@ class LatentGenerator(SavedModel):
             conditional ones; meant for generators with few or no ``conditions``.
         vae_kwargs: extra arguments of :class:`genjax.VAE` (``n_latent``, ``n_hidden``, ``dispersion``, ...).
         prior_kwargs: extra arguments of the prior network / SDE (see :func:`genjax.fit_prior`).
+        field: the prior's network: ``"mlp"`` (:class:`genjax.nn.FieldNet`, default) or ``"dit"``
+            (:class:`genjax.nn.DiTField`, a transformer over tokens of grouped latent dimensions or genes).
+        field_kwargs: the network's settings (JSON values; see :func:`genjax.fit_prior`), e.g. ``{"tokens": 2,
+            "n_hidden": 64}``; for ``space="log1p"`` a DiT's ``tokens`` may be per-gene programme ids
+            (:func:`genjax.nn.program_tokens`).
         target_sum: normalisation total of the ``"log1p"`` space.
         seed: seed of every initialisation.
 
     Raises:
-        ValueError / KeyError: as :class:`genjax.VAE` for bad data, missing keys or bad option values.
+        ValueError / KeyError: as :class:`genjax.VAE` for bad data, missing keys or bad option values (an unknown
+            ``field`` or field settings that do not fit the prior's dimension included).
     """
 
     format_tag = "genjax.LatentGenerator/1"
@@ -76,10 +90,12 @@ class LatentGenerator(SavedModel):
                  conditions: Sequence[str] | str | None = None, layer: str | None = None, *,
                  space: str = "latent", decoder_conditions: bool = True, library_sizes: str = "empirical",
                  cond_dropout: float = 0.1, prior_clusters: int = 0, vae_kwargs: dict | None = None,
-                 prior_kwargs: dict | None = None, target_sum: float = 1e4, seed: int = 0):
+                 prior_kwargs: dict | None = None, target_sum: float = 1e4, seed: int = 0, field: FieldArch = "mlp",
+                 field_kwargs: dict | None = None):
         check_choice("space", space, Space)
         check_choice("library_sizes", library_sizes, LibrarySizes)
         check_choice("prior", prior, PriorFamily)
+        check_choice("field", field, FIELD_ARCHS)
         check_range("cond_dropout", cond_dropout, low=0.0, high=1.0, high_open=True)
         prior_clusters = check_int("prior_clusters", prior_clusters, low=0)
         if prior_clusters > adata.n_obs:
@@ -89,7 +105,8 @@ class LatentGenerator(SavedModel):
                             decoder_conditions=bool(decoder_conditions), library_sizes=library_sizes,
                             cond_dropout=float(cond_dropout), prior_clusters=int(prior_clusters),
                             vae_kwargs=dict(vae_kwargs or {}),
-                            prior_kwargs=dict(prior_kwargs or {}), target_sum=float(target_sum), seed=int(seed))
+                            prior_kwargs=dict(prior_kwargs or {}), target_sum=float(target_sum), seed=int(seed),
+                            field=field, field_kwargs=_json_settings(field_kwargs))
         self.adata = adata
         self.registry = DataRegistry.from_anndata(adata, conditions, [], layer)
         X = get_matrix(adata, layer)
@@ -104,10 +121,27 @@ class LatentGenerator(SavedModel):
         if space == "latent":
             self.vae = VAE(adata, likelihood=likelihood, conditions=conditions if decoder_conditions else None,
                            layer=layer, seed=seed, **self.options["vae_kwargs"])
+        self._check_field()
         self.prior_model: AbstractLatentPrior | None = None
         self._shift = self._scale = None  # standardisation of the prior's space
         self._log1p_max = None  # largest training value of the log1p space (generation clips there)
         self.history: dict[str, list] = {}
+
+    def _check_field(self) -> None:
+        """Refuse an unknown field or field settings that do not fit the prior's dimension (before any training)."""
+        o = self.options
+        clash = sorted({"field", "field_kwargs"} & set(o["prior_kwargs"]))
+        if clash:
+            raise ValueError(f"prior_kwargs must not hold {clash}; give them as LatentGenerator(field=..., "
+                             f"field_kwargs=...)")
+        dim = self.vae.config.n_latent if self.vae is not None else self.registry.n_genes
+        sizes = {k: o["prior_kwargs"][k] for k in ("n_hidden", "n_layers") if k in o["prior_kwargs"]}
+        field_settings(o["field"], dim, **sizes, field_kwargs=o["field_kwargs"])
+
+    def _field_options(self) -> dict:
+        """The ``field`` / ``field_kwargs`` arguments of :func:`fit_prior` (options of models saved before the DiT
+        existed have none: the MLP)."""
+        return {"field": self.options.get("field", "mlp"), "field_kwargs": self.options.get("field_kwargs") or None}
 
     @property
     def conditions(self) -> dict[str, tuple[str, ...]]:
@@ -195,7 +229,7 @@ class LatentGenerator(SavedModel):
             fit_prior, z, cond, kind=self.options["prior"], n_categories=n_categories, steps=prior_steps,
             batch_size=prior_batch_size, lr=prior_lr, cond_dropout=self.options["cond_dropout"], seed=seed,
             progress=progress, checkpoint_dir=None if ckpt is None else ckpt / "prior",
-            fingerprint=self._prior_fingerprint(z, cond), **self.options["prior_kwargs"])
+            fingerprint=self._prior_fingerprint(z, cond), **self._field_options(), **self.options["prior_kwargs"])
         try:
             self.prior_model, history = train(resume=resume, restart=restart)
         except FingerprintMismatchError as err:
@@ -225,7 +259,10 @@ class LatentGenerator(SavedModel):
     def _prior_fingerprint(self, z: np.ndarray, cond) -> dict:
         """The prior stage's part of its run fingerprint: the generator's options, the VAE's parameters (the
         earlier stage) and the training points and conditions."""
-        return {**{f"option.{k}": v for k, v in self.options.items() if k != "vae_kwargs"},
+        # the field options are in the prior's own fingerprint (its network settings), so they are left out here and
+        # checkpoints written before the DiT existed still resume
+        skip = ("vae_kwargs", "field", "field_kwargs")
+        return {**{f"option.{k}": v for k, v in self.options.items() if k not in skip},
                 "vae_params": None if self.vae is None else tree_digest(self.vae.params),
                 "points": tree_digest(z), "prior_conditions": None if cond is None else tree_digest(cond)}
 
@@ -424,6 +461,17 @@ class LatentGenerator(SavedModel):
             FileNotFoundError: no generator at ``path``. ValueError: another kind of model or damaged files.
         """
         return super().load(path)
+
+
+def _json_settings(settings: dict | None) -> dict:
+    """``settings`` with tuples as lists (as ``model.json`` stores them), so a saved and a fresh model agree."""
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v.item() if isinstance(v, np.generic) else v
+    return {str(k): plain(v) for k, v in (settings or {}).items()}
 
 
 def _decode_sample(module, params, z, log_lib, cond, key):

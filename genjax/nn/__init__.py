@@ -6,7 +6,10 @@
 * embeddings (``_embedding.py``): :class:`ConditionEmbedding`;
 * trunks (``_mlp.py``): :class:`MLP`, :class:`FiLM`, :class:`ResidualBlock`, :class:`ResMLP`,
   :class:`CovariateMLP`;
-* :class:`FieldNet` (``_field_net.py``): ``(x, t, cond) -> (n, d)``, the network behind score and velocity models.
+* :class:`FieldNet` (``_field_net.py``): ``(x, t, cond) -> (n, d)``, the network behind score and velocity models;
+* :class:`DiTField` (``_dit.py``): the same call as a diffusion transformer over tokens of grouped dimensions
+  (latent groups or gene programmes, :func:`program_tokens`) with adaLN-Zero blocks (:class:`DiTBlock`; Peebles &
+  Xie 2023); :func:`token_ids` checks a tokenisation.
 """
 
 from ..data import NULL_LABEL as NULL_LABEL
@@ -17,6 +20,10 @@ from ._condition import call_score as call_score
 from ._condition import drop_condition as drop_condition
 from ._condition import null_condition as null_condition
 from ._condition import split_field_batch as split_field_batch
+from ._dit import DiTBlock as DiTBlock
+from ._dit import DiTField as DiTField
+from ._dit import program_tokens as program_tokens
+from ._dit import token_ids as token_ids
 from ._embedding import ConditionEmbedding as ConditionEmbedding
 from ._field_net import FieldNet as FieldNet
 from ._mlp import MLP as MLP
