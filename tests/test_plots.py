@@ -213,6 +213,8 @@ def test_latent_traversal_names_bad_input():
         P.latent_traversal(model, genes=["g0", "CD3E"])
     with pytest.raises(ValueError, match="genes must be an integer >= 1; got 0"):
         P.latent_traversal(model, genes=0)
+    with pytest.raises(ValueError, match="genes is an empty list"):
+        P.latent_traversal(model, genes=[])
     with pytest.raises(ValueError, match=r"base must be .* shape \(3,\); got shape \(2,\)"):
         P.latent_traversal(model, base=[0.0, 0.0])
     with pytest.raises(ValueError, match="scale must be one of"):

@@ -630,8 +630,8 @@ def latent_traversal(
     Raises:
         TypeError: ``model`` lacks the methods above.
         ValueError: ``values`` not a finite 1-d sequence of at least two offsets; ``dims`` out of range or
-            repeated; ``base`` of the wrong shape or not finite; ``genes`` not a positive integer; a missing
-            condition; ``scale`` or ``target_sum`` invalid.
+            repeated; ``base`` of the wrong shape or not finite; ``genes`` not a positive integer, or an empty
+            list; a missing condition; ``scale`` or ``target_sum`` invalid.
         KeyError: a gene name not in the model's genes, or a condition the model does not have.
     """
     vae = _traversal_model(model)
@@ -643,11 +643,12 @@ def latent_traversal(
         n_show = min(check_int("genes", genes, low=1), len(var_names))
         chosen = None
     else:
+        if len(genes) == 0:
+            raise ValueError("genes is an empty list; give gene names or a number of genes")
         lookup = {g: i for i, g in enumerate(var_names)}
         unknown = [str(g) for g in genes if str(g) not in lookup]
-        if unknown or len(genes) == 0:
-            raise KeyError(f"gene {unknown[0]!r} is not one of the model's {len(var_names)} genes" if unknown
-                           else "genes is an empty list; give gene names or a number of genes")
+        if unknown:
+            raise KeyError(f"gene {unknown[0]!r} is not one of the model's {len(var_names)} genes")
         chosen = np.array([lookup[str(g)] for g in genes])
     conditions = dict(conditions or {})
     model_conditions = dict(getattr(vae, "conditions", {}) or {})
