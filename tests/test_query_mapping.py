@@ -290,3 +290,11 @@ def test_vae_fit_trainable_mask_freezes_exactly(data):
         model.fit(max_epochs=1, progress=False, trainable=bad_shape)
     with pytest.raises(ValueError, match="structure"):
         model.fit(max_epochs=1, progress=False, trainable={"params": {}})
+
+
+def test_beta_with_an_unfinished_kl_warmup_warns(data):
+    """A beta-VAE whose KL warm-up outlasts the run never trains at its beta: named in a warning (beta = 1, the
+    scvi-tools default behaviour, stays silent)."""
+    model = genjax.VAE(data[1], **MODEL)
+    with pytest.warns(UserWarning, match=r"beta=4 is never reached.*KL weight 0\.02"):
+        model.fit(max_epochs=1, beta=4.0, kl_warmup_epochs=200, progress=False)

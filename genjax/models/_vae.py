@@ -28,6 +28,7 @@ gives the :class:`~genjax.data.CountBatch` of a data set and ``model.condition(n
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -372,6 +373,11 @@ class VAE(SavedModel):
         train_idx, val_idx = split_indices(n, train_size, seed)
         steps_per_epoch = max(1, len(train_idx) // min(batch_size, len(train_idx)))
         warmup = int(round(kl_warmup_epochs * steps_per_epoch)) if kl_warmup_epochs else None
+        if beta != 1.0 and kl_warmup_epochs and kl_warmup_epochs > max_epochs:
+            warnings.warn(f"beta={beta:g} is never reached: the KL weight rises over kl_warmup_epochs="
+                          f"{kl_warmup_epochs:g} but training stops after max_epochs={max_epochs}, at KL weight "
+                          f"{beta * max_epochs / kl_warmup_epochs:.3g}; pass a shorter kl_warmup_epochs (or None)",
+                          UserWarning, stacklevel=2)
         optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, eps=eps))
         fingerprint = {**self.fingerprint(data), "lr": lr, "eps": eps, "weight_decay": weight_decay,
                        "kl_warmup_steps": warmup, "beta": beta, "train_size": train_size}
