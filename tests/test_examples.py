@@ -29,6 +29,7 @@ FIGURES = {
     "perturbation": ["logfc.png", "energy.png", "interaction.png"],
     "hybrid_uncertainty": ["reliability.png", "coverage.png"],
     "scvi_users": ["latent.png", "de.png", "expression.png", "training.png"],
+    "model_zoo": ["objectives.png", "disentanglement.png", "traversal.png"],
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,7 +88,7 @@ def _check_outputs(out: Path, name: str, returned: dict | None = None) -> dict:
 
 @pytest.mark.parametrize("name", ["sde_basics", "likelihoods", "pbmc3k_cvae_nb", "gene_expression_diffusion",
                                   "flow_matching", "data_parallel", "perturbation", "hybrid_uncertainty",
-                                  "scvi_users"])
+                                  "scvi_users", "model_zoo"])
 def test_example_smoke(name, tmp_path, fast_compile, capsys):
     module = _load(name)
     out = tmp_path / name
@@ -103,6 +104,10 @@ def test_example_smoke(name, tmp_path, fast_compile, capsys):
             assert {"genjax compositional", "genjax scgen", "baseline no_change"} <= set(methods), methods
         assert "baseline additive" in summary["doubles"]["methods"]
         assert "baseline mean_delta" in summary["heldout_type"]["methods"]
+    if name == "model_zoo":  # every model beside what it is compared with, in one table
+        assert set(summary["objectives"]) == {"ELBO", "IWAE-3", "IWAE-3 + DReG"}
+        assert set(summary["field_networks"]) == {"FieldNet (MLP)", "DiTField (latent tokens)"}
+        assert all(0.0 <= row["mig_rotated"] <= 1.0 for row in summary["disentanglement"].values())
     if name == "scvi_users":  # the query mapped by genjax, beside the PCA baseline of the same cells
         assert set(summary["mapping"]) == {"genjax", "pca"}
     if name == "hybrid_uncertainty":  # the hybrid beside the calibration baselines, every score present
